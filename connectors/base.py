@@ -1,0 +1,183 @@
+"""The connector API: ``fetch()`` does the shared work, a connector type writes ``_fetch()``.
+
+Timeouts, retries within the deadline, the circuit breaker, concurrency and rate
+limits, timing and the mapping of exceptions to a short reason all live here, once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from aggregator.errors import (
+    ConnectorError,
+    FatalError,
+    NotFoundError,
+    RetriableError,
+    UnavailableError,
+)
+from aggregator.resilience import CircuitBreaker, RateLimiter
+
+log = logging.getLogger("aggregator.connector")
+
+Status = Literal["ok", "not_found", "timeout", "unavailable", "error"]
+FAILED: frozenset[str] = frozenset({"timeout", "unavailable", "error"})
+
+
+class ConnectorSettings(BaseModel):
+    """Keys every connector accepts; a connector type subclasses this with its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    enabled: bool = True
+    prefix: str | None = Field(None, description="Key prefix; defaults to the connector's name.")
+    timeout: float = Field(2.0, gt=0, description="Seconds this connector may take per profile.")
+    retries: int = Field(1, ge=0, le=5, description="Extra tries of a retriable error.")
+    max_concurrency: int | None = Field(None, ge=1, description="Calls in flight at most.")
+    rate_limit: float | None = Field(None, gt=0, description="Calls per second at most.")
+    circuit_failures: int = Field(5, ge=0, description="Failures in a row that open the circuit.")
+    circuit_reset: float = Field(30.0, gt=0, description="Seconds before a half-open probe.")
+
+
+SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
+
+
+@dataclass(slots=True)
+class FetchOutcome:
+    """What one connector produced for one email, with how it went."""
+
+    name: str
+    status: Status
+    fields: Mapping[str, Any] | None
+    elapsed: float
+    attempts: int = 1
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """True for timeout, unavailable and error; an unknown customer is not a failure."""
+        return self.status in FAILED
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    return isinstance(
+        exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, ConnectionResetError)
+    )
+
+
+class Connector(abc.ABC, Generic[SettingsT]):
+    """Base class of every connector type.
+
+    Subclasses set ``settings_model`` and implement ``_fetch``; they may override
+    ``open``/``close`` for pools and clients and ``check`` for a deeper probe.
+    """
+
+    settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+
+    def __init__(self, name: str, settings: SettingsT) -> None:
+        self.name = name
+        self.settings = settings
+        self.circuit = CircuitBreaker(settings.circuit_failures, settings.circuit_reset)
+        self._semaphore = (
+            asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
+        )
+        self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this connector's keys (its name unless configured)."""
+        return self.name if self.settings.prefix is None else self.settings.prefix
+
+    async def open(self, session: aiohttp.ClientSession) -> None:
+        """Open pools or clients; ``session`` is the app's shared HTTP session."""
+
+    async def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+    async def check(self) -> None:
+        """Probe the upstream for ``aggregator check``; raise a ConnectorError on a problem."""
+        await self._fetch("aggregator-check@example.invalid")
+
+    @abc.abstractmethod
+    async def _fetch(self, email: str) -> Mapping[str, Any] | None:
+        """Return the customer's fields (nested is fine), or None for an unknown customer."""
+
+    async def fetch(self, email: str, deadline: float | None = None) -> FetchOutcome:
+        """Fetch under this connector's timeout and the caller's deadline; never raises."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        budget_end = started + self.settings.timeout
+        if deadline is not None:
+            budget_end = min(budget_end, deadline)
+        if not self.circuit.allow():
+            return FetchOutcome(self.name, "unavailable", None, 0.0, 0, "circuit open")
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                async with asyncio.timeout_at(budget_end):
+                    fields = await self._guarded_fetch(email)
+            except NotFoundError:
+                self.circuit.record_success()
+                return self._outcome("not_found", None, started, attempts)
+            except TimeoutError:
+                self.circuit.record_failure()
+                return self._outcome("timeout", None, started, attempts, "timed out")
+            except RetriableError as exc:
+                pause = self._backoff(attempts, exc.retry_after)
+                if attempts <= self.settings.retries and loop.time() + pause < budget_end:
+                    await asyncio.sleep(pause)
+                    continue
+                self.circuit.record_failure()
+                reason: Status = "unavailable" if isinstance(exc, UnavailableError) else "error"
+                return self._outcome(reason, None, started, attempts, type(exc).__name__)
+            except (FatalError, ConnectorError) as exc:
+                self.circuit.record_failure()
+                return self._outcome("error", None, started, attempts, type(exc).__name__)
+            except Exception as exc:
+                self.circuit.record_failure()
+                if _is_connection_failure(exc):
+                    return self._outcome("unavailable", None, started, attempts, "unreachable")
+                log.warning("connector %s raised %s", self.name, type(exc).__name__)
+                return self._outcome("error", None, started, attempts, type(exc).__name__)
+            self.circuit.record_success()
+            if fields is None:
+                return self._outcome("not_found", None, started, attempts)
+            if not isinstance(fields, Mapping):
+                return self._outcome("error", None, started, attempts, "not a mapping")
+            return self._outcome("ok", fields, started, attempts)
+
+    async def _guarded_fetch(self, email: str) -> Mapping[str, Any] | None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        if self._semaphore is None:
+            return await self._fetch(email)
+        async with self._semaphore:
+            return await self._fetch(email)
+
+    @staticmethod
+    def _backoff(attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        base: float = min(1.0, 0.05 * 2.0 ** (attempt - 1))
+        return base * (0.5 + random.random() / 2)
+
+    def _outcome(
+        self,
+        status: Status,
+        fields: Mapping[str, Any] | None,
+        started: float,
+        attempts: int,
+        detail: str = "",
+    ) -> FetchOutcome:
+        elapsed = asyncio.get_running_loop().time() - started
+        return FetchOutcome(self.name, status, fields, elapsed, attempts, detail)
