@@ -39,13 +39,21 @@ class ConnectorSettings(BaseModel):
 
     type: str
     enabled: bool = True
-    prefix: str | None = Field(None, description="Key prefix; defaults to the connector's name.")
-    timeout: float = Field(2.0, gt=0, description="Seconds this connector may take per profile.")
-    retries: int = Field(1, ge=0, le=5, description="Extra tries of a retriable error.")
-    max_concurrency: int | None = Field(None, ge=1, description="Calls in flight at most.")
-    rate_limit: float | None = Field(None, gt=0, description="Calls per second at most.")
-    circuit_failures: int = Field(5, ge=0, description="Failures in a row that open the circuit.")
-    circuit_reset: float = Field(30.0, gt=0, description="Seconds before a half-open probe.")
+    prefix: str | None = Field(
+        default=None, description="Key prefix; defaults to the connector's name."
+    )
+    timeout: float = Field(
+        default=2.0, gt=0, description="Seconds this connector may take per profile."
+    )
+    retries: int = Field(default=1, ge=0, le=5, description="Extra tries of a retriable error.")
+    max_concurrency: int | None = Field(default=None, ge=1, description="Calls in flight at most.")
+    rate_limit: float | None = Field(default=None, gt=0, description="Calls per second at most.")
+    circuit_failures: int = Field(
+        default=5, ge=0, description="Failures in a row that open the circuit."
+    )
+    circuit_reset: float = Field(
+        default=30.0, gt=0, description="Seconds before a half-open probe."
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
