@@ -67,6 +67,14 @@ class RateLimiter:
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
 
+    def try_acquire(self) -> bool:
+        """Take a token if one is free now, without waiting."""
+        self._refill()
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
     async def acquire(self) -> None:
         """Wait until a token is free, then take it (cancel the wait to give up)."""
         async with self._lock:

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.pg",
     "tests.support.fake_stripe",
+    "tests.support.upstreams",
 ]

@@ -1,0 +1,222 @@
+"""Command line: serve, check, preview, purge, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from aggregator.app import build_connectors, build_store, create_app
+from aggregator.cache import ProfileStore
+from aggregator.config import Settings, load_settings
+from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.errors import ConfigError, ConnectorError
+from aggregator.groove import render_sidebar
+from aggregator.logs import setup_logging
+from aggregator.service import ProfileService
+
+WEAK_TOKENS = {"dev-token", "change-me", "changeme", "secret", "token"}
+
+
+def default_config_path() -> str:
+    """``$AGGREGATOR_CONFIG``, else ``./config.yaml``."""
+    return os.environ.get("AGGREGATOR_CONFIG", "config.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="aggregator", description="Customer-profile aggregation proxy for Groove."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=default_config_path(),
+        help="config file (default: $AGGREGATOR_CONFIG or ./config.yaml)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", parents=[common], help="run the proxy")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    commands.add_parser(
+        "check", parents=[common], help="validate the config and probe every enabled connector"
+    )
+    preview = commands.add_parser(
+        "preview", parents=[common], help="fetch one profile, bypassing the cache"
+    )
+    preview.add_argument("email")
+    preview.add_argument("--template", type=Path, help="a Liquid template to render as Groove")
+    purge = commands.add_parser("purge", parents=[common], help="drop one cached profile")
+    purge.add_argument("email")
+    demo = commands.add_parser(
+        "demo", help="run the proxy with local sample upstreams (no accounts, no Docker)"
+    )
+    demo.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aggregator`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from aggregator.demo import run_demo
+
+        return run_demo(args.port)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"aggregator: configuration refused:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(settings, args.host, args.port)
+    if args.command == "check":
+        return _run(check(settings))
+    if args.command == "preview":
+        template = args.template.read_text(encoding="utf-8") if args.template else None
+        return _run(preview(settings, args.email, template))
+    if args.command == "purge":
+        return _run(purge(settings, args.email))
+    raise AssertionError(args.command)
+
+
+def _run(coro: Any) -> int:
+    result: int = asyncio.run(coro)
+    return result
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is installed; True if it is."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def serve(settings: Settings, host: str | None, port: int | None) -> int:
+    """Run the proxy until SIGINT/SIGTERM, draining in-flight requests."""
+    from aiohttp import web
+
+    setup_logging(settings.logging.level, settings.logging.format)
+    import logging
+
+    log = logging.getLogger("aggregator")
+    if any(t.get_secret_value() in WEAK_TOKENS for t in settings.auth.api_tokens):
+        log.warning("auth.api_tokens holds a well-known development token: set GROOVE_API_TOKEN")
+    loop_kind = "uvloop" if install_uvloop() else "asyncio"
+    bind_host = host or settings.server.host
+    bind_port = port or settings.server.port
+    names = ", ".join(name for name, _ in settings.enabled_connectors()) or "none"
+    log.info(
+        "serving on http://%s:%d%s (%s, cache %s, connectors: %s)",
+        bind_host, bind_port, settings.server.path, loop_kind,
+        settings.cache.url.split("://")[0], names,
+    )
+    web.run_app(
+        create_app(settings),
+        host=bind_host,
+        port=bind_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=settings.server.drain_timeout,
+    )
+    return 0
+
+
+async def check(settings: Settings) -> int:
+    """Validate and probe: one line per part, non-zero exit on any problem."""
+    problems = 0
+    print(f"config ok: {settings.source}")
+    store = build_store(settings)
+    ok, detail = await store.ready()
+    print(f"{'ok  ' if ok else 'FAIL'} cache: {detail}")
+    problems += not ok
+    await store.close()
+    connectors = build_connectors(settings)
+    if not connectors:
+        print("note: no connector is enabled")
+    async with aiohttp.ClientSession() as session:
+        for connector in connectors:
+            started = time.perf_counter()
+            try:
+                await connector.open(session)
+                async with asyncio.timeout(max(connector.settings.timeout, 5.0)):
+                    await connector.check()
+            except ConnectorError as exc:
+                problems += 1
+                print(f"FAIL {connector.name} ({connector.settings.type}): {exc}")
+            except TimeoutError:
+                problems += 1
+                print(f"FAIL {connector.name} ({connector.settings.type}): timed out")
+            except Exception as exc:
+                problems += 1
+                print(f"FAIL {connector.name} ({connector.settings.type}): {type(exc).__name__}")
+            else:
+                elapsed = (time.perf_counter() - started) * 1000
+                print(f"ok   {connector.name} ({connector.settings.type}) {elapsed:.0f} ms")
+            finally:
+                await connector.close()
+    print("all checks passed" if not problems else f"{problems} problem(s) found")
+    return 1 if problems else 0
+
+
+async def preview(settings: Settings, raw_email: str, template_text: str | None) -> int:
+    """Fetch one profile now and print it, each connector's outcome, and the rendered template."""
+    try:
+        email = normalize_email(raw_email)
+    except InvalidEmail as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return 2
+    store = ProfileStore("memory://", namespace="preview", max_entries=1, near_ttl=0, timeout=1)
+    connectors = build_connectors(settings)
+    async with aiohttp.ClientSession() as session:
+        for connector in connectors:
+            await connector.open(session)
+        try:
+            answer = await ProfileService(settings, connectors, store).preview(email)
+        finally:
+            for connector in connectors:
+                await connector.close()
+    print(orjson.dumps(answer.profile, option=orjson.OPT_INDENT_2).decode())
+    print("\nconnectors:", file=sys.stderr)
+    for outcome in answer.outcomes:
+        keys = len(answer.contributed.get(outcome.name, []))
+        detail = f" ({outcome.detail})" if outcome.detail else ""
+        print(
+            f"  {outcome.name:<12} {outcome.status:<11} {outcome.elapsed * 1000:7.1f} ms  "
+            f"{keys} keys{detail}",
+            file=sys.stderr,
+        )
+    if template_text is not None:
+        print("\nrendered template:", file=sys.stderr)
+        print(render_sidebar(template_text, answer.profile or {}, email))
+    return 0
+
+
+async def purge(settings: Settings, raw_email: str) -> int:
+    """Drop one email's cached profile."""
+    try:
+        email = normalize_email(raw_email)
+    except InvalidEmail as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return 2
+    store = build_store(settings)
+    try:
+        if store.remote is None:
+            print("cache is in-process (memory://): nothing outlives the server process")
+            return 0
+        if not await store.delete(email):
+            print("aggregator: the cache could not be reached", file=sys.stderr)
+            return 1
+    finally:
+        await store.close()
+    print("purged")
+    return 0

@@ -1,0 +1,18 @@
+"""Typed keys of the state an application carries."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from aggregator.cache import ProfileStore
+from aggregator.config import Settings
+from aggregator.metrics import Metrics
+from aggregator.service import ProfileService
+
+CONFIG = web.AppKey("config", Settings)
+TOKENS = web.AppKey("tokens", tuple[bytes, ...])
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", ProfileStore)
+SERVICE = web.AppKey("service", ProfileService)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

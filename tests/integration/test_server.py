@@ -1,0 +1,260 @@
+"""The proxy end to end over HTTP: auth, validation, the answer, the deadline, single-flight."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from tests.support.proxy import TOKEN, running_proxy, settings_from
+from tests.support.upstreams import FakeCrm
+
+pytestmark = pytest.mark.asyncio
+
+
+def crm_connector(crm: FakeCrm, **extra: object) -> dict[str, object]:
+    return {"type": "rest", "url": crm.template, "select": "data[0]", "timeout": 0.5, **extra}
+
+
+async def test_profile_is_flat_prefixed_json_with_meta(crm: FakeCrm) -> None:
+    async with running_proxy(settings_from({"crm": crm_connector(crm)})) as proxy:
+        status, body = await proxy.profile("Ada@Example.com ")
+    assert status == 200
+    assert body["crm_plan_name"] == "Pro"
+    assert body["crm_tags"] == "vip, beta"
+    assert body["crm_seats"] == 12
+    assert body["profile_complete"] is True
+    assert body["profile_cached"] is False
+    assert body["profile_stale"] is False
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["profile_fetched_at"])
+    assert all(not isinstance(v, (dict, list)) for v in body.values())
+    assert all(re.fullmatch(r"[a-z0-9_]+", k) for k in body)
+    assert crm.calls == {"ada@example.com": 1}
+
+
+async def test_second_request_is_served_from_cache(crm: FakeCrm) -> None:
+    async with running_proxy(settings_from({"crm": crm_connector(crm)})) as proxy:
+        await proxy.profile("ada@example.com")
+        status, body = await proxy.profile("ADA@example.com")
+    assert status == 200
+    assert body["profile_cached"] is True
+    assert body["crm_plan_name"] == "Pro"
+    assert crm.calls["ada@example.com"] == 1
+
+
+async def test_unknown_customer_gets_only_meta_keys(crm: FakeCrm) -> None:
+    async with running_proxy(settings_from({"crm": crm_connector(crm)})) as proxy:
+        status, body = await proxy.profile("nobody@example.com")
+    assert status == 200
+    assert set(body) == {"profile_complete", "profile_fetched_at", "profile_cached", "profile_stale"}
+    assert body["profile_complete"] is True
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", TOKEN + "x", TOKEN[:-1]])
+async def test_missing_or_wrong_token_is_401(crm: FakeCrm, token: str | None) -> None:
+    async with running_proxy(settings_from({"crm": crm_connector(crm)})) as proxy:
+        status, body = await proxy.profile("ada@example.com", token=token)
+    assert status == 401
+    assert "api_token" in body["error"]
+    assert crm.calls == {}
+
+
+async def test_every_configured_token_is_accepted() -> None:
+    async with running_proxy(settings_from()) as proxy:
+        first, _ = await proxy.profile("ada@example.com")
+        second, _ = await proxy.profile("ada@example.com", token="second-token-abcdefgh")
+    assert (first, second) == (200, 200)
+
+
+@pytest.mark.parametrize(
+    ("email", "message"),
+    [
+        (None, "missing"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("a" * 250 + "@b.co", "longer"),
+        ("not-an-email", "valid"),
+        ("a@b", "valid"),
+        ("a@@b.com", "valid"),
+        ("a\r\nb@example.com", "valid"),
+    ],
+)
+async def test_bad_email_is_400_with_a_message(email: str | None, message: str) -> None:
+    async with running_proxy(settings_from()) as proxy:
+        status, body = await proxy.profile(email)
+    assert status == 400
+    assert message in body["error"]
+
+
+async def test_auth_is_checked_before_the_email() -> None:
+    async with running_proxy(settings_from()) as proxy:
+        status, _ = await proxy.profile("not-an-email", token="wrong")
+    assert status == 401
+
+
+async def test_slow_connector_times_out_within_the_deadline(
+    crm: FakeCrm, slow_crm: FakeCrm
+) -> None:
+    settings = settings_from(
+        {
+            "crm": crm_connector(crm),
+            "slow": {"type": "rest", "url": slow_crm.template, "select": "data[0]", "timeout": 5},
+        },
+        server={"deadline": 0.6},
+    )
+    async with running_proxy(settings) as proxy:
+        started = time.monotonic()
+        status, body = await proxy.profile("ada@example.com")
+        elapsed = time.monotonic() - started
+    assert status == 200
+    assert elapsed < 0.6 + 0.1, elapsed
+    assert body["slow_error"] == "timeout"
+    assert body["crm_plan_name"] == "Pro"
+    assert body["profile_complete"] is False
+
+
+async def test_failing_connector_reports_error_not_5xx(crm: FakeCrm) -> None:
+    crm.fail_with = 500
+    async with running_proxy(settings_from({"crm": crm_connector(crm, retries=0)})) as proxy:
+        status, body = await proxy.profile("ada@example.com")
+    assert status == 200
+    assert body["crm_error"] == "error"
+    assert body["profile_complete"] is False
+    assert "crm_plan_name" not in body
+
+
+async def test_unreachable_connector_is_unavailable() -> None:
+    settings = settings_from(
+        {"crm": {"type": "rest", "url": "http://127.0.0.1:1/c?e={email}", "retries": 0}}
+    )
+    async with running_proxy(settings) as proxy:
+        status, body = await proxy.profile("ada@example.com")
+    assert status == 200
+    assert body["crm_error"] == "unavailable"
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_concurrent_cold_requests_reach_the_upstream_once(
+    crm: FakeCrm, redis_url: str, cache_namespace: str, backend: str
+) -> None:
+    crm.delay["ada@example.com"] = 0.2
+    url = "memory://" if backend == "memory" else redis_url
+    settings = settings_from(
+        {"crm": crm_connector(crm)}, cache_url=url, cache={"namespace": cache_namespace}
+    )
+    async with running_proxy(settings) as proxy:
+        answers = await asyncio.gather(*(proxy.profile("ada@example.com") for _ in range(200)))
+    assert {status for status, _ in answers} == {200}
+    assert all(body["crm_plan_name"] == "Pro" for _, body in answers)
+    assert crm.calls["ada@example.com"] == 1
+
+
+async def test_redis_cache_survives_a_restart_of_the_proxy(
+    crm: FakeCrm, redis_url: str, cache_namespace: str
+) -> None:
+    settings = settings_from(
+        {"crm": crm_connector(crm)}, cache_url=redis_url, cache={"namespace": cache_namespace}
+    )
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+    async with running_proxy(settings) as proxy:
+        status, body = await proxy.profile("ada@example.com")
+    assert status == 200
+    assert body["profile_cached"] is True
+    assert body["crm_plan_name"] == "Pro"
+    assert crm.calls["ada@example.com"] == 1
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_expired_profile_is_served_stale_when_the_upstream_fails(
+    crm: FakeCrm, redis_url: str, cache_namespace: str, backend: str
+) -> None:
+    url = "memory://" if backend == "memory" else redis_url
+    settings = settings_from(
+        {"crm": crm_connector(crm, retries=0)},
+        cache_url=url,
+        cache={"namespace": cache_namespace, "ttl": 0.2, "near_ttl": 0},
+    )
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+        await asyncio.sleep(0.3)
+        crm.fail_with = 503
+        status, body = await proxy.profile("ada@example.com")
+    assert status == 200
+    assert body["profile_stale"] is True
+    assert body["crm_plan_name"] == "Pro"
+    assert body["crm_error"] == "error"
+    assert crm.calls["ada@example.com"] == 2
+
+
+async def test_a_failing_connector_keeps_its_last_good_fields(
+    crm: FakeCrm, slow_crm: FakeCrm
+) -> None:
+    slow_crm.default_delay = 0
+    settings = settings_from(
+        {
+            "crm": crm_connector(crm, retries=0),
+            "other": {"type": "rest", "url": slow_crm.template, "select": "data[0]"},
+        },
+        cache={"ttl": 0.2},
+    )
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+        await asyncio.sleep(0.3)
+        crm.fail_with = 500
+        slow_crm.contacts["ada@example.com"] = {"score": 4}
+        _, body = await proxy.profile("ada@example.com")
+    assert body["crm_plan_name"] == "Pro"
+    assert body["other_score"] == 4
+    assert body["profile_stale"] is True
+
+
+async def test_redis_down_answers_uncached_and_readyz_says_so(
+    crm: FakeCrm, redis_process: object
+) -> None:
+    from tests.support.redis_server import RedisProcess
+
+    assert isinstance(redis_process, RedisProcess)
+    settings = settings_from({"crm": crm_connector(crm)}, cache_url=redis_process.url)
+    async with running_proxy(settings) as proxy:
+        ready_status, _ = await proxy.get("/readyz")
+        redis_process.stop()
+        status, body = await proxy.profile("ada@example.com")
+        down_status, down_body = await proxy.get("/readyz")
+        redis_process.start()
+        await asyncio.sleep(1.1)
+        back_status, _ = await proxy.get("/readyz")
+    assert ready_status == 200
+    assert status == 200
+    assert body["crm_plan_name"] == "Pro"
+    assert down_status == 503
+    assert "redis" in down_body
+    assert back_status == 200
+
+
+async def test_health_and_metrics(crm: FakeCrm) -> None:
+    async with running_proxy(settings_from({"crm": crm_connector(crm)})) as proxy:
+        await proxy.profile("ada@example.com")
+        await proxy.profile("ada@example.com")
+        health, _ = await proxy.get("/healthz")
+        ready, ready_body = await proxy.get("/readyz")
+        metrics_status, metrics = await proxy.get("/metrics")
+    assert (health, ready, metrics_status) == (200, 200, 200)
+    assert '"cache"' in ready_body
+    assert 'aggregator_cache_total{result="hit"} 1.0' in metrics
+    assert 'aggregator_cache_total{result="miss"} 1.0' in metrics
+    assert 'aggregator_connector_outcomes_total{connector="crm",status="ok"} 1.0' in metrics
+
+
+async def test_unknown_path_and_method_get_json_errors() -> None:
+    async with running_proxy(settings_from()) as proxy:
+        missing, missing_body = await proxy.get("/nope")
+        async with proxy.session.put(f"{proxy.url}/profile") as response:
+            method_status = response.status
+            method_body = await response.text()
+    assert missing == 404
+    assert '"error"' in missing_body
+    assert method_status == 405
+    assert '"error"' in method_body
