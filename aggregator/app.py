@@ -15,7 +15,16 @@ from aiohttp import web
 from aggregator import handlers
 from aggregator.cache import ProfileStore
 from aggregator.config import Settings
-from aggregator.keys import CONFIG, HTTP_SESSION, METRICS, SERVICE, STORE, TOKENS
+from aggregator.keys import (
+    CACHE_STATE,
+    CONFIG,
+    HTTP_SESSION,
+    METRICS,
+    OUTCOMES,
+    SERVICE,
+    STORE,
+    TOKENS,
+)
 from aggregator.metrics import Metrics
 from aggregator.registry import get_connector_type
 from aggregator.resilience import RateLimiter
@@ -100,7 +109,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
     started = time.perf_counter()
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
     response = await handler(request)
-    outcomes = request.get("outcomes") or ()
+    outcomes = request.get(OUTCOMES, ())
     request_log.info(
         "request",
         extra={
@@ -109,7 +118,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
             "path": request.path,
             "status": response.status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "cache": request.get("cache"),
+            "cache": request.get(CACHE_STATE),
             "connectors": {o.name: o.status for o in outcomes},
         },
     )

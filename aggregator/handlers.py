@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Sequence
 
 import orjson
 from aiohttp import web
 
 from aggregator.emails import InvalidEmail, normalize_email
-from aggregator.keys import CONFIG, METRICS, SERVICE, STORE, TOKENS
+from aggregator.keys import CACHE_STATE, CONFIG, METRICS, OUTCOMES, SERVICE, STORE, TOKENS
 
 JSON = "application/json"
 
@@ -20,7 +19,7 @@ def json_error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps({"error": message}), content_type=JSON)
 
 
-def token_matches(candidate: str | None, tokens: Sequence[bytes]) -> bool:
+def token_matches(candidate: str | None, tokens: tuple[bytes, ...]) -> bool:
     """Compare against every configured token in constant time (no early exit)."""
     given = (candidate or "").encode("utf-8", "surrogateescape")
     matched = False
@@ -51,11 +50,11 @@ async def profile(request: web.Request) -> web.Response:
     body = service.cached_body(email)
     if body is not None:
         app[METRICS].cached_hit(time.perf_counter() - started)
-        request["cache"] = "hit"
+        request[CACHE_STATE] = "hit"
         return web.Response(body=body, content_type=JSON)
     answer = await service.get(email)
-    request["cache"] = answer.cache
-    request["outcomes"] = answer.outcomes
+    request[CACHE_STATE] = answer.cache
+    request[OUTCOMES] = tuple(answer.outcomes)
     app[METRICS].latency.labels(answer.cache).observe(time.perf_counter() - started)
     return web.Response(body=answer.body, content_type=JSON)
 

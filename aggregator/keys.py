@@ -9,6 +9,7 @@ from aggregator.cache import ProfileStore
 from aggregator.config import Settings
 from aggregator.metrics import Metrics
 from aggregator.service import ProfileService
+from connectors.base import FetchOutcome
 
 CONFIG = web.AppKey("config", Settings)
 TOKENS = web.AppKey("tokens", tuple[bytes, ...])
@@ -16,3 +17,6 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", ProfileStore)
 SERVICE = web.AppKey("service", ProfileService)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+
+CACHE_STATE = web.RequestKey("cache_state", str)
+OUTCOMES = web.RequestKey("outcomes", tuple[FetchOutcome, ...])
