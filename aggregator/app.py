@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from aggregator import handlers
+from aggregator import handlers, webhooks
 from aggregator.cache import ProfileStore
 from aggregator.config import Settings
 from aggregator.keys import (
@@ -159,6 +159,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_post("/webhooks/stripe", webhooks.stripe_webhook)
     return app
 
 

@@ -62,3 +62,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # asyncpg repeats a traceback per retry while a database is down; our own line says it once.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

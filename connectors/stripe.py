@@ -264,6 +264,13 @@ class StripeConnector(Connector[StripeSettings]):
         mode = "/test" if self._test_mode else ""
         return f"{DASHBOARD}{mode}/customers/{customer_id}"
 
+    async def email_of_customer(self, customer_id: str) -> str | None:
+        """The email of a Stripe customer (for webhook events that only name the customer)."""
+        async with asyncio.timeout(self.settings.timeout):
+            customer = await _call(self.client.v1.customers.retrieve_async(customer_id))
+        email = customer.to_dict().get("email")
+        return email if isinstance(email, str) and email else None
+
     async def check(self) -> None:
         """One cheap call that proves the key works and Stripe answers."""
         try:

@@ -1,0 +1,126 @@
+"""POST /webhooks/stripe: a signed Stripe event drops the cached profile of its customer."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import orjson
+import stripe
+from aiohttp import web
+
+from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.errors import ConnectorError
+from aggregator.handlers import JSON, json_error
+from aggregator.keys import CONFIG, SERVICE
+
+log = logging.getLogger("aggregator.webhooks")
+
+MAX_EVENT_BYTES = 512 * 1024
+WATCHED_PREFIXES = ("customer.", "charge.", "invoice.")
+
+
+class CustomerDirectory(Protocol):
+    """Something that can name the email of a Stripe customer id (the stripe connector)."""
+
+    async def email_of_customer(self, customer_id: str) -> str | None:
+        """The customer's email, or None."""
+
+
+def emails_in_event(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> set[str]:
+    """Emails written in the event's object itself (customer, charge, invoice)."""
+    found: set[str] = set()
+    candidates: list[Any] = [
+        obj.get("customer_email"),
+        obj.get("receipt_email"),
+        (obj.get("billing_details") or {}).get("email"),
+        previous.get("email"),
+    ]
+    if obj.get("object") == "customer":
+        candidates.append(obj.get("email"))
+    customer = obj.get("customer")
+    if isinstance(customer, Mapping):
+        candidates.append(customer.get("email"))
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate:
+            try:
+                found.add(normalize_email(candidate))
+            except InvalidEmail:
+                continue
+    return found
+
+
+def customer_id_of(obj: Mapping[str, Any]) -> str | None:
+    """The customer id an event's object belongs to."""
+    if obj.get("object") == "customer":
+        value = obj.get("id")
+    else:
+        value = obj.get("customer")
+        if isinstance(value, Mapping):
+            value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def is_watched(event_type: str) -> bool:
+    """Customer, charge, subscription and invoice events change what a profile shows."""
+    return event_type.startswith(WATCHED_PREFIXES) or "subscription" in event_type
+
+
+def _directory(request: web.Request) -> CustomerDirectory | None:
+    for connector in request.app[SERVICE].connectors:
+        if hasattr(connector, "email_of_customer"):
+            directory: CustomerDirectory = connector
+            return directory
+    return None
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    """Verify the signature, find the customer's email(s), purge their cached profiles."""
+    secret = request.app[CONFIG].webhooks.stripe_secret
+    if secret is None:
+        return json_error(404, "stripe webhooks are not configured (webhooks.stripe_secret)")
+    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
+        return json_error(413, "event too large")
+    payload = await request.read()
+    if len(payload) > MAX_EVENT_BYTES:
+        return json_error(413, "event too large")
+    signature = request.headers.get("Stripe-Signature", "")
+    try:
+        stripe.Webhook.construct_event(payload, signature, secret.get_secret_value())
+    except (stripe.SignatureVerificationError, ValueError):
+        return json_error(400, "invalid Stripe-Signature or payload")
+    try:
+        event = orjson.loads(payload)
+        event_type = str(event["type"])
+        data = event.get("data") or {}
+        obj = data["object"]
+        previous = data.get("previous_attributes") or {}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return json_error(400, "not a Stripe event")
+    if not is_watched(event_type) or not isinstance(obj, Mapping):
+        return _answer(event_type, 0)
+    emails = emails_in_event(obj, previous if isinstance(previous, Mapping) else {})
+    customer_id = customer_id_of(obj)
+    directory = _directory(request)
+    if customer_id and directory is not None and (not emails or event_type.startswith("sub")):
+        try:
+            email = await directory.email_of_customer(customer_id)
+        except (ConnectorError, TimeoutError):
+            log.warning("stripe webhook %s: customer lookup failed", event_type)
+            email = None
+        if email:
+            with contextlib.suppress(InvalidEmail):
+                emails.add(normalize_email(email))
+    purged = 0
+    service = request.app[SERVICE]
+    for email in emails:
+        purged += bool(await service.purge(email))
+    log.info("stripe webhook %s purged %d profile(s)", event_type, purged)
+    return _answer(event_type, purged)
+
+
+def _answer(event_type: str, purged: int) -> web.Response:
+    body = orjson.dumps({"received": True, "type": event_type, "purged": purged})
+    return web.Response(body=body, content_type=JSON)
