@@ -143,8 +143,9 @@ class RedisBackend:
             "health_check_interval": 15,
         }
         self.client: Redis | RedisCluster
-        if url.startswith("redis+cluster://"):
-            real_url = "redis://" + url.removeprefix("redis+cluster://")
+        scheme, sep, rest = url.partition("://")
+        if scheme.endswith("+cluster"):
+            real_url = scheme.removesuffix("+cluster") + sep + rest
             self.client = RedisCluster.from_url(real_url, **options)
         else:
             self.client = Redis.from_url(url, retry_on_timeout=False, **options)
@@ -238,7 +239,7 @@ class ProfileStore:
 
     @property
     def kind(self) -> str:
-        """"memory" or "redis", for logs and readiness."""
+        """ "memory" or "redis", for logs and readiness."""
         return "memory" if self.remote is None else "redis"
 
     def profile_key(self, email: str) -> str:

@@ -53,9 +53,18 @@ class ProfileService:
         store: ProfileStore,
         metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.reconfigure(settings, connectors, store)
+        self._inflight: dict[str, asyncio.Future[ProfileAnswer]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def reconfigure(
+        self, settings: Settings, connectors: Sequence[Connector[Any]], store: ProfileStore
+    ) -> None:
+        """Switch to new settings and connectors; fetches already running finish on the old."""
+        self.settings = settings
         self.connectors = list(connectors)
         self.store = store
-        self.metrics = metrics or Metrics()
         self._sources = [Source(c.name, c.prefix) for c in self.connectors]
         self._ttl = settings.cache.ttl
         self._stale_ttl = settings.cache.stale_ttl
@@ -63,8 +72,6 @@ class ProfileService:
         self._deadline = settings.server.deadline
         self._max_list_items = settings.merge.max_list_items
         self._meta_prefix = settings.merge.meta_prefix
-        self._inflight: dict[str, asyncio.Future[ProfileAnswer]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
 
     def cached_body(self, email: str) -> bytes | None:
         """The fresh in-process copy, if any: the hot path, no awaits, no allocations."""
@@ -138,21 +145,22 @@ class ProfileService:
     async def _load(self, email: str, entry: CacheEntry | None) -> ProfileAnswer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline - DEADLINE_MARGIN
-        remote = self.store.remote
+        store = self.store
+        remote = store.remote
         token = LOCK_SKIPPED
         if remote is not None:
-            lock_key = self.store.lock_key(email)
+            lock_key = store.lock_key(email)
             acquired = await remote.try_lock(lock_key, self._deadline + 1.0)
             if acquired is None:
                 return await self._wait_for_other_replica(email, entry, deadline)
             token = acquired
         try:
             built = await self._fan_out(email, entry, deadline)
-            await self.store.put(email, built.entry, time.time())
+            await store.put(email, built.entry, time.time())
             return built.answer
         finally:
             if remote is not None:
-                await remote.unlock(self.store.lock_key(email), token)
+                await remote.unlock(store.lock_key(email), token)
 
     async def _wait_for_other_replica(
         self, email: str, entry: CacheEntry | None, deadline: float
@@ -169,19 +177,24 @@ class ProfileService:
             return ProfileAnswer(_mark_stale(entry.body, self._meta_prefix), "stale")
         errors = {c.prefix or c.name: "timeout" for c in self.connectors}
         meta = meta_keys(
-            self._meta_prefix, complete=False, fetched_at=datetime.now(UTC),
-            cached=False, stale=False, errors=errors,
+            self._meta_prefix,
+            complete=False,
+            fetched_at=datetime.now(UTC),
+            cached=False,
+            stale=False,
+            errors=errors,
         )
         return ProfileAnswer(orjson.dumps(meta), "timeout")
 
     async def _fan_out(self, email: str, entry: CacheEntry | None, deadline: float) -> _Built:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        tasks = [asyncio.ensure_future(c.fetch(email, deadline)) for c in self.connectors]
+        connectors = self.connectors
+        tasks = [asyncio.ensure_future(c.fetch(email, deadline)) for c in connectors]
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()) + 0.01)
         outcomes: list[FetchOutcome] = []
-        for connector, task in zip(self.connectors, tasks, strict=True):
+        for connector, task in zip(connectors, tasks, strict=True):
             if task.done() and not task.cancelled():
                 outcome = task.result()
             else:
@@ -189,15 +202,21 @@ class ProfileService:
                 outcome = FetchOutcome(connector.name, "timeout", None, loop.time() - started)
             outcomes.append(outcome)
             self.metrics.connector(outcome, connector.circuit.state)
-        return self._build(entry, outcomes)
+        return self._build(entry, connectors, outcomes)
 
-    def _build(self, entry: CacheEntry | None, outcomes: Sequence[FetchOutcome]) -> _Built:
+    def _build(
+        self,
+        entry: CacheEntry | None,
+        connectors: Sequence[Connector[Any]],
+        outcomes: Sequence[FetchOutcome],
+    ) -> _Built:
         now = time.time()
         fetched_at = datetime.fromtimestamp(now, UTC)
         snapshots: dict[str, SourceSnapshot] = {}
         errors: dict[str, str] = {}
         stale = False
-        for connector, outcome in zip(self.connectors, outcomes, strict=True):
+        sources = [Source(c.name, c.prefix) for c in connectors]
+        for connector, outcome in zip(connectors, outcomes, strict=True):
             if outcome.status == "ok" and outcome.fields is not None:
                 flat = flatten(outcome.fields, max_list_items=self._max_list_items)
                 snapshots[connector.name] = SourceSnapshot(dict(flat), now, "ok")
@@ -222,12 +241,14 @@ class ProfileService:
 
         def render(cached: bool) -> dict[str, Scalar]:
             meta = meta_keys(
-                self._meta_prefix, complete=complete, fetched_at=fetched_at,
-                cached=cached, stale=stale, errors=errors,
+                self._meta_prefix,
+                complete=complete,
+                fetched_at=fetched_at,
+                cached=cached,
+                stale=stale,
+                errors=errors,
             )
-            return merge_profile(
-                self._sources, fields, meta=meta, max_list_items=self._max_list_items
-            )
+            return merge_profile(sources, fields, meta=meta, max_list_items=self._max_list_items)
 
         profile = render(cached=False)
         fresh_for = self._ttl if complete else min(self._ttl, INCOMPLETE_FRESH_SECONDS)
@@ -246,7 +267,9 @@ class ProfileService:
         result: dict[str, list[str]] = {}
         for source in self._sources:
             alone = merge_profile(
-                [source], {source.name: fields.get(source.name)}, meta={},
+                [source],
+                {source.name: fields.get(source.name)},
+                meta={},
                 max_list_items=self._max_list_items,
             )
             result[source.name] = sorted(alone)
