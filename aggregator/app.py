@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import time
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from aggregator import handlers, webhooks
@@ -21,12 +23,14 @@ from aggregator.keys import (
     HTTP_SESSION,
     METRICS,
     OUTCOMES,
+    RELOADER,
     SERVICE,
     STORE,
     TOKENS,
 )
 from aggregator.metrics import Metrics
 from aggregator.registry import get_connector_type
+from aggregator.reload import reload_context
 from aggregator.resilience import RateLimiter
 from aggregator.service import ProfileService
 from connectors.base import Connector
@@ -44,12 +48,26 @@ def build_connectors(settings: Settings) -> list[Connector[Any]]:
     ]
 
 
+def store_namespace(settings: Settings) -> str:
+    """The cache namespace plus a fingerprint of what shapes a profile.
+
+    Changing connectors, their order or prefixes, or the merge settings starts a fresh
+    set of keys, so no profile built under the old layout is served under the new one.
+    """
+    shape = [[name, conf.type, conf.prefix] for name, conf in settings.enabled_connectors()] + [
+        settings.merge.max_list_items,
+        settings.merge.meta_prefix,
+    ]
+    digest = hashlib.sha256(orjson.dumps(shape)).hexdigest()[:8]
+    return f"{settings.cache.namespace}:{digest}"
+
+
 def build_store(settings: Settings) -> ProfileStore:
     """The profile store the cache settings describe."""
     cache = settings.cache
     return ProfileStore(
         cache.url,
-        namespace=cache.namespace,
+        namespace=store_namespace(settings),
         max_entries=cache.max_entries,
         near_ttl=cache.near_ttl,
         timeout=cache.timeout,
@@ -143,7 +161,8 @@ def create_app(settings: Settings) -> web.Application:
     store = build_store(settings)
     connectors = build_connectors(settings)
     app[CONFIG] = settings
-    app[TOKENS] = tuple(t.get_secret_value().encode() for t in settings.auth.api_tokens)
+    app[TOKENS] = [t.get_secret_value().encode() for t in settings.auth.api_tokens]
+    app[RELOADER] = []
     app[METRICS] = metrics
     app[STORE] = store
     app[SERVICE] = ProfileService(settings, connectors, store, metrics)
@@ -151,6 +170,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_cache)
     app.cleanup_ctx.append(_connectors)
     app.cleanup_ctx.append(_service)
+    app.cleanup_ctx.append(reload_context)
 
     path = settings.server.path
     app.router.add_get(path, handlers.profile)
@@ -172,7 +192,7 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _cache(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[STORE].close()
+    await app[SERVICE].store.close()
 
 
 async def _connectors(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from aggregator.emails import InvalidEmail, normalize_email
-from aggregator.keys import CACHE_STATE, CONFIG, METRICS, OUTCOMES, SERVICE, STORE, TOKENS
+from aggregator.keys import CACHE_STATE, METRICS, OUTCOMES, SERVICE, TOKENS
 
 JSON = "application/json"
 
@@ -19,7 +19,7 @@ def json_error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps({"error": message}), content_type=JSON)
 
 
-def token_matches(candidate: str | None, tokens: tuple[bytes, ...]) -> bool:
+def token_matches(candidate: str | None, tokens: list[bytes]) -> bool:
     """Compare against every configured token in constant time (no early exit)."""
     given = (candidate or "").encode("utf-8", "surrogateescape")
     matched = False
@@ -67,8 +67,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """200 when cache and config are usable, else 503; a per-part JSON body."""
     app = request.app
-    settings = app[CONFIG]
-    cache_ok, cache_detail = await app[STORE].ready()
+    settings = app[SERVICE].settings
+    cache_ok, cache_detail = await app[SERVICE].store.ready()
     connectors = {
         connector.name: {"circuit": connector.circuit.state}
         for connector in app[SERVICE].connectors

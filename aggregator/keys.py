@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
 from aiohttp import web
 
@@ -11,12 +13,16 @@ from aggregator.metrics import Metrics
 from aggregator.service import ProfileService
 from connectors.base import FetchOutcome
 
+if TYPE_CHECKING:
+    from aggregator.reload import Reloader
+
 CONFIG = web.AppKey("config", Settings)
-TOKENS = web.AppKey("tokens", tuple[bytes, ...])
+TOKENS = web.AppKey("tokens", list[bytes])
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", ProfileStore)
 SERVICE = web.AppKey("service", ProfileService)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+RELOADER = web.AppKey("reloader", list["Reloader"])
 
 CACHE_STATE = web.RequestKey("cache_state", str)
 OUTCOMES = web.RequestKey("outcomes", tuple[FetchOutcome, ...])

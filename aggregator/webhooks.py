@@ -14,7 +14,7 @@ from aiohttp import web
 from aggregator.emails import InvalidEmail, normalize_email
 from aggregator.errors import ConnectorError
 from aggregator.handlers import JSON, json_error
-from aggregator.keys import CONFIG, SERVICE
+from aggregator.keys import SERVICE
 
 log = logging.getLogger("aggregator.webhooks")
 
@@ -78,7 +78,7 @@ def _directory(request: web.Request) -> CustomerDirectory | None:
 
 async def stripe_webhook(request: web.Request) -> web.Response:
     """Verify the signature, find the customer's email(s), purge their cached profiles."""
-    secret = request.app[CONFIG].webhooks.stripe_secret
+    secret = request.app[SERVICE].settings.webhooks.stripe_secret
     if secret is None:
         return json_error(404, "stripe webhooks are not configured (webhooks.stripe_secret)")
     if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:

@@ -1,0 +1,280 @@
+"""Pure functions that turn per-connector answers into Groove's one flat namespace.
+
+Nothing here does I/O: the result depends only on the config order of the
+connectors, their answers and the meta values (CONTRACT section 3).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any, TypeAlias
+
+__all__ = [
+    "RESERVED_KEYS",
+    "Scalar",
+    "Source",
+    "flatten",
+    "merge_profile",
+    "meta_keys",
+    "money",
+    "sanitize_key",
+    "to_scalar",
+]
+
+Scalar: TypeAlias = str | int | float | bool | None
+
+RESERVED_KEYS: frozenset[str] = frozenset(
+    {"name", "status", "email", "first_name", "last_name", "full_name"}
+)
+
+MAX_DEPTH = 32
+"""Containers nested deeper than this (or containing themselves) become ``TRUNCATED``."""
+TRUNCATED = "..."
+
+_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
+_KEY = re.compile(r"[a-z0-9_]+")
+# orjson encodes integers in this range only; larger ones are emitted as strings.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_SEQUENCES = (list, tuple, set, frozenset)
+_CONTAINERS = (Mapping, *_SEQUENCES)
+
+# Stripe's minor units: https://docs.stripe.com/currencies (ISK stays two-decimal in its API).
+_ZERO_DECIMAL = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga"}
+    | {"pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+_THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+
+
+@functools.lru_cache(maxsize=8192)
+def sanitize_key(key: str) -> str:
+    """Lower-case ``key``, turn every run of characters outside ``[a-z0-9]`` into one ``_``."""
+    return _NOT_KEY_CHARS.sub("_", key.lower()).strip("_")
+
+
+def to_scalar(value: Any) -> Scalar:
+    """Convert one value to something Groove can show and orjson can encode."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Enum):
+        return to_scalar(value.value)
+    if isinstance(value, int):
+        number = int(value)
+        return number if _INT_MIN <= number <= _INT_MAX else str(number)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _valid_text(str(value))
+    if isinstance(value, datetime):
+        return _iso_utc(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return _decimal(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _valid_text(bytes(value).decode("utf-8", "replace"))
+    return _valid_text(str(value))
+
+
+def flatten(data: Mapping[str, Any], *, max_list_items: int = 3) -> dict[str, Scalar]:
+    """Flatten a nested answer into ``{sanitized_key: scalar}`` (CONTRACT section 3).
+
+    A key that sanitizes to ``""`` adds nothing to the path: its children keep
+    the rest of their path, and a scalar whose whole path is empty is dropped.
+    Two paths that sanitize to the same key keep both values: the later one
+    gets ``_2``, ``_3``, ...
+    """
+    out: dict[str, Scalar] = {}
+    _walk(out, (), data, max(0, max_list_items), set())
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One enabled connector, as listed in the config: its name and key prefix."""
+
+    name: str
+    prefix: str
+
+
+def meta_keys(
+    meta_prefix: str,
+    *,
+    complete: bool,
+    fetched_at: datetime,
+    cached: bool,
+    stale: bool,
+    errors: Mapping[str, str],
+) -> dict[str, Scalar]:
+    """Build the meta keys: completeness, fetch time, cache state, one ``*_error`` per failure."""
+    out: dict[str, Scalar] = {
+        _join(meta_prefix, "complete"): complete,
+        _join(meta_prefix, "fetched_at"): _iso_utc(fetched_at),
+        _join(meta_prefix, "cached"): cached,
+        _join(meta_prefix, "stale"): stale,
+    }
+    for who, reason in errors.items():
+        out[_free(out, _join(who, "error"))] = to_scalar(reason)
+    return out
+
+
+def merge_profile(
+    sources: Sequence[Source],
+    fields: Mapping[str, Mapping[str, Any] | None],
+    *,
+    meta: Mapping[str, Scalar],
+    max_list_items: int = 3,
+) -> dict[str, Scalar]:
+    """Merge every connector's answer into one flat dict; meta first, then config order.
+
+    ``fields`` maps a connector name to its answer (None or absent: no fields);
+    its own order never matters. Names not in ``sources`` are ignored.
+    """
+    out: dict[str, Scalar] = {}
+    for key, value in meta.items():
+        if not _KEY.fullmatch(key) or key in RESERVED_KEYS:
+            raise ValueError(f"invalid meta key {key!r}")
+        out[key] = to_scalar(value)
+    seen: set[str] = set()
+    for source in sources:
+        if source.name in seen:
+            continue
+        seen.add(source.name)
+        answer = fields.get(source.name)
+        if answer is None:
+            continue
+        owner = sanitize_key(source.name)
+        for key, value in flatten(answer, max_list_items=max_list_items).items():
+            out[_claim(out, _join(source.prefix, key), owner)] = value
+    return out
+
+
+def money(minor_units: int, currency: str) -> str:
+    """Display an amount in minor units: ``"$150.00"``, ``"-$5.00"``, ``"1500 JPY"``."""
+    code = currency.strip().lower()
+    exponent = 0 if code in _ZERO_DECIMAL else 3 if code in _THREE_DECIMAL else 2
+    units = Decimal(minor_units)
+    if not units.is_finite():
+        raise ValueError(f"not an amount: {minor_units!r}")
+    sign, digits, exp = units.as_tuple()
+    # Built from the digits, not divided: exact whatever the context's precision.
+    text = f"{Decimal((0, digits, int(exp) - exponent)):.{exponent}f}"
+    minus = "-" if sign and any(digits) else ""
+    symbol = _SYMBOLS.get(code)
+    if symbol is not None:
+        return f"{minus}{symbol}{text}"
+    return f"{minus}{text} {code.upper()}".rstrip()
+
+
+def _walk(
+    out: dict[str, Scalar],
+    path: tuple[str, ...],
+    value: Any,
+    max_items: int,
+    ancestors: set[int],
+) -> None:
+    if isinstance(value, _CONTAINERS) and (len(path) > MAX_DEPTH or id(value) in ancestors):
+        _emit(out, path, TRUNCATED)
+        return
+    if isinstance(value, Mapping):
+        ancestors.add(id(value))
+        for key, child in value.items():
+            _walk(out, (*path, sanitize_key(str(key))), child, max_items, ancestors)
+        ancestors.discard(id(value))
+    elif isinstance(value, _SEQUENCES):
+        items = _ordered(value)
+        if not items:
+            _emit(out, (*path, "count"), 0)
+        elif any(isinstance(item, _CONTAINERS) for item in items):
+            ancestors.add(id(value))
+            for index, item in enumerate(items[:max_items]):
+                _walk(out, (*path, str(index)), item, max_items, ancestors)
+            ancestors.discard(id(value))
+            _emit(out, (*path, "count"), len(items))
+        else:
+            _emit(out, path, _join_scalars(items))
+    else:
+        _emit(out, path, to_scalar(value))
+
+
+def _emit(out: dict[str, Scalar], path: tuple[str, ...], value: Scalar) -> None:
+    key = "_".join(part for part in path if part)
+    if key:
+        out[_free(out, key)] = value
+
+
+def _ordered(items: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]) -> list[Any]:
+    if isinstance(items, set | frozenset):
+        return sorted(items, key=lambda item: (type(item).__name__, repr(item)))
+    return list(items)
+
+
+def _join_scalars(items: list[Any]) -> str | None:
+    texts: list[str] = []
+    for item in items:
+        scalar = to_scalar(item)
+        if scalar is None:
+            continue
+        if isinstance(scalar, bool):
+            texts.append("true" if scalar else "false")
+        else:
+            texts.append(str(scalar))
+    return ", ".join(texts) if texts else None
+
+
+def _join(prefix: str, key: str) -> str:
+    return sanitize_key(f"{prefix}_{key}")
+
+
+def _free(taken: Mapping[str, object], key: str, avoid: frozenset[str] = frozenset()) -> str:
+    """``key`` if it is free, else the first free ``key_2``, ``key_3``, ..."""
+    candidate, n = key, 2
+    while candidate in taken or candidate in avoid:
+        candidate, n = f"{key}_{n}", n + 1
+    return candidate
+
+
+def _claim(taken: Mapping[str, object], key: str, owner: str) -> str:
+    if key not in taken and key not in RESERVED_KEYS:
+        return key
+    return _free(taken, _join(owner, key), RESERVED_KEYS)
+
+
+def _iso_utc(moment: datetime) -> str:
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    else:
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            return moment.isoformat(timespec="seconds")
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
+def _decimal(value: Decimal) -> Scalar:
+    if not value.is_finite():
+        return None
+    if value == value.to_integral_value():
+        return int(value) if _INT_MIN <= value <= _INT_MAX else str(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _valid_text(text: str) -> str:
+    """Replace lone surrogates (from JSON ``\\ud800`` escapes), which orjson refuses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text

@@ -1,0 +1,161 @@
+"""Config changes without a restart, and a graceful stop that drains in-flight requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from aggregator import reload as reload_module
+from aggregator.config import load_settings
+from aggregator.keys import RELOADER, SERVICE
+from tests.support.proxy import TOKEN, running_proxy
+from tests.support.redis_server import free_port
+from tests.support.upstreams import FakeCrm
+
+
+def write_config(path: Path, crm: FakeCrm, *, fields: str = "", extra: str = "") -> None:
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            server:
+              deadline: 1.0
+            auth:
+              api_tokens: ["{TOKEN}"]
+            cache:
+              ttl: 0.05
+            connectors:
+              crm:
+                type: rest
+                url: "{crm.template}"
+                select: "data[0]"
+                {fields}
+              crm2:
+                type: rest
+                url: "{crm.template}"
+                select: "data[0]"
+            {extra}
+            """
+        )
+    )
+
+
+async def test_changed_connector_is_rebuilt_and_the_others_kept(
+    crm: FakeCrm, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    write_config(config, crm)
+    async with running_proxy(load_settings(config)) as proxy:
+        _, before = await proxy.profile("ada@example.com")
+        service = proxy.app[SERVICE]
+        crm_before, crm2_before = service.connectors
+        write_config(config, crm, fields='fields: {tier: "plan.name"}')
+        assert await proxy.app[RELOADER][0].reload()
+        await asyncio.sleep(0.1)
+        _, after = await proxy.profile("ada@example.com")
+        crm_after, crm2_after = service.connectors
+    assert before["crm_plan_name"] == "Pro"
+    assert "crm_plan_name" not in after
+    assert after["crm_tier"] == "Pro"
+    assert crm2_after is crm2_before
+    assert crm_after is not crm_before
+
+
+async def test_invalid_new_config_is_refused_and_the_running_one_stays(
+    crm: FakeCrm, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "config.yaml"
+    write_config(config, crm)
+    async with running_proxy(load_settings(config)) as proxy:
+        write_config(config, crm, fields="timeout: soon")
+        with caplog.at_level(logging.ERROR, logger="aggregator.reload"):
+            assert not await proxy.app[RELOADER][0].reload()
+        status, body = await proxy.profile("ada@example.com")
+    assert status == 200
+    assert body["crm_plan_name"] == "Pro"
+    assert f"{config}:12: connectors.crm.timeout" in caplog.text
+
+
+async def test_new_tokens_apply_after_reload(crm: FakeCrm, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    write_config(config, crm)
+    async with running_proxy(load_settings(config)) as proxy:
+        config.write_text(config.read_text().replace(TOKEN, "rotated-token-0123456789"))
+        assert await proxy.app[RELOADER][0].reload()
+        old, _ = await proxy.profile("ada@example.com")
+        new, _ = await proxy.profile("ada@example.com", token="rotated-token-0123456789")
+    assert (old, new) == (401, 200)
+
+
+async def test_sighup_and_file_changes_trigger_a_reload(
+    crm: FakeCrm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reload_module, "POLL_SECONDS", 0.05)
+    config = tmp_path / "config.yaml"
+    write_config(config, crm)
+    async with running_proxy(load_settings(config)) as proxy:
+        write_config(config, crm, fields='fields: {tier: "plan.name"}')
+        os.utime(config, (time.time() + 5, time.time() + 5))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            _, body = await proxy.profile("ada@example.com")
+            if "crm_tier" in body:
+                break
+        assert body.get("crm_tier") == "Pro"
+        write_config(config, crm, fields='fields: {seat_count: "seats"}')
+        monkeypatch.setattr(reload_module, "POLL_SECONDS", 3600)
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            _, body = await proxy.profile("ada@example.com")
+            if "crm_seat_count" in body:
+                break
+    assert body.get("crm_seat_count") == 12
+
+
+async def test_sigterm_drains_in_flight_requests(crm: FakeCrm, tmp_path: Path) -> None:
+    crm.delay["ada@example.com"] = 0.8
+    config = tmp_path / "config.yaml"
+    write_config(config, crm, extra="")
+    config.write_text(config.read_text().replace("deadline: 1.0", "deadline: 2.0"))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"{url}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            params = {"email": "ada@example.com", "api_token": TOKEN}
+            request = asyncio.ensure_future(session.get(f"{url}/profile", params=params))
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            response = await request
+            body = await response.json()
+            response.release()
+        assert response.status == 200
+        assert body["crm_plan_name"] == "Pro"
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
