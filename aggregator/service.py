@@ -14,7 +14,7 @@ import orjson
 
 from aggregator.cache import LOCK_SKIPPED, CacheEntry, ProfileStore, SourceSnapshot
 from aggregator.config import Settings
-from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys
+from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys, sanitize_key
 from aggregator.metrics import Metrics
 from connectors.base import Connector, FetchOutcome
 
@@ -263,22 +263,25 @@ class ProfileService:
         return _Built(answer, cached_entry)
 
     def _contributions(self, fields: dict[str, dict[str, Any] | None]) -> dict[str, list[str]]:
-        """Which final keys each connector contributed (for the preview page and CLI)."""
+        """Which final keys each connector contributed (for the preview page and CLI).
+
+        Keys are assigned in one pass in config order, so the keys of the first i+1
+        sources minus those of the first i are exactly what source i contributed.
+        """
         result: dict[str, list[str]] = {}
-        for source in self._sources:
-            alone = merge_profile(
-                [source],
-                {source.name: fields.get(source.name)},
-                meta={},
-                max_list_items=self._max_list_items,
+        before: set[str] = set()
+        for index, source in enumerate(self._sources):
+            upto = merge_profile(
+                self._sources[: index + 1], fields, meta={}, max_list_items=self._max_list_items
             )
-            result[source.name] = sorted(alone)
+            result[source.name] = sorted(set(upto) - before)
+            before = set(upto)
         return result
 
 
 def _mark_stale(body: bytes, meta_prefix: str) -> bytes:
     profile = orjson.loads(body)
-    profile[f"{meta_prefix}_stale"] = True
+    profile[sanitize_key(f"{meta_prefix}_stale")] = True
     return orjson.dumps(profile)
 
 
