@@ -1,0 +1,150 @@
+"""The command line as an operator uses it: check, preview, purge, config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import redis.asyncio as redis
+
+from aggregator.cache import hash_email
+from aggregator.samples.stripe_api import FakeStripe
+from tests.support.pg import PgSchema
+from tests.support.proxy import TOKEN, running_proxy
+from tests.support.upstreams import FakeCrm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def aggregator(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m aggregator ARGS`` without blocking the event loop serving the fakes."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aggregator", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})}, cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+async def test_shipped_config_passes_check_with_no_environment() -> None:
+    env = {k: "" for k in ("GROOVE_API_TOKEN", "REDIS_URL", "DATABASE_URL", "STRIPE_API_KEY")}
+    code, out, _ = await aggregator("check", "--config", str(ROOT / "config.yaml"), env=env)
+    assert code == 0, out
+    assert "all checks passed" in out
+
+
+async def test_check_names_a_broken_query_and_an_invalid_stripe_key(
+    tmp_path: Path, fake_stripe: FakeStripe, pg_schema: PgSchema, crm: FakeCrm
+) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        f"""\
+        auth: {{api_tokens: ["{TOKEN}"]}}
+        connectors:
+          stripe:
+            type: stripe
+            api_key: sk_test_wrong_key_123
+            api_base: {fake_stripe.url}
+          db:
+            type: postgres
+            dsn: ${{DSN}}
+            queries:
+              account: "SELECT plan FROM accounts WHERE email = $1"
+              invoices: "SELECT amount FROM invoicez WHERE email = $1"
+          crm:
+            type: rest
+            url: "{crm.template}"
+        """,
+    )
+    code, out, err = await aggregator("check", "--config", str(config), env={"DSN": pg_schema.dsn})
+    assert code == 1
+    assert "FAIL stripe (stripe): stripe: invalid API key" in out
+    assert "FAIL db (postgres): query 'invoices'" in out
+    assert "invoicez" in out
+    assert "ok   crm (rest)" in out
+    assert "sk_test_wrong_key_123" not in out + err
+
+
+async def test_config_error_names_file_line_and_field(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        """\
+        auth: {api_tokens: ["x"]}
+        server:
+          deadline: soon
+        """,
+    )
+    code, _, err = await aggregator("serve", "--config", str(config))
+    assert code == 2
+    assert f"{config}:3: server.deadline" in err
+
+
+async def test_missing_variable_is_refused_by_name(tmp_path: Path) -> None:
+    config = write(tmp_path / "config.yaml", 'auth: {api_tokens: ["${NOPE_TOKEN}"]}\n')
+    code, _, err = await aggregator("check", env={"AGGREGATOR_CONFIG": str(config)})
+    assert code == 2
+    assert f"{config}:1: auth.api_tokens" in err
+    assert "NOPE_TOKEN" in err
+
+
+async def test_preview_prints_profile_connectors_and_rendered_template(
+    tmp_path: Path, crm: FakeCrm
+) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        f"""\
+        auth: {{api_tokens: ["{TOKEN}"]}}
+        connectors:
+          crm: {{type: rest, url: "{crm.template}", select: "data[0]"}}
+        """,
+    )
+    template = write(
+        tmp_path / "t.liquid",
+        "Hi {{ first_name }}: {% if crm_plan_name %}{{ crm_plan_name | upcase }}{% endif %}",
+    )
+    crm.contacts["ada.lovelace@example.com"] = crm.contacts["ada@example.com"]
+    code, out, err = await aggregator(
+        "preview", "Ada.Lovelace@example.com", "--config", str(config), "--template", str(template)
+    )
+    assert code == 0, err
+    assert '"crm_plan_name": "Pro"' in out
+    assert "Hi Ada: PRO" in out
+    assert "crm" in err and "ok" in err
+
+
+async def test_purge_drops_the_redis_entry(
+    tmp_path: Path, crm: FakeCrm, redis_url: str, cache_namespace: str
+) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        f"""\
+        auth: {{api_tokens: ["{TOKEN}"]}}
+        cache: {{url: "{redis_url}", namespace: "{cache_namespace}"}}
+        connectors:
+          crm: {{type: rest, url: "{crm.template}", select: "data[0]"}}
+        """,
+    )
+    from aggregator.config import load_settings
+
+    async with running_proxy(load_settings(config)) as proxy:
+        await proxy.profile("ada@example.com")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pattern = f"{cache_namespace}:*:profile:{hash_email('ada@example.com')}"
+        assert len(await client.keys(pattern)) == 1
+        code, out, _ = await aggregator("purge", "ADA@example.com", "--config", str(config))
+        assert code == 0
+        assert "purged" in out
+        assert await client.keys(pattern) == []
+    finally:
+        await client.aclose()
