@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=default_config_path(),
+        "--config",
+        default=default_config_path(),
         help="config file (default: $AGGREGATOR_CONFIG or ./config.yaml)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,8 +118,12 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
     names = ", ".join(name for name, _ in settings.enabled_connectors()) or "none"
     log.info(
         "serving on http://%s:%d%s (%s, cache %s, connectors: %s)",
-        bind_host, bind_port, settings.server.path, loop_kind,
-        settings.cache.url.split("://")[0], names,
+        bind_host,
+        bind_port,
+        settings.server.path,
+        loop_kind,
+        settings.cache.url.split("://")[0],
+        names,
     )
     web.run_app(
         create_app(settings),

@@ -16,29 +16,42 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "aggregator_requests", "HTTP requests answered, by route and status",
-            ["route", "status"], registry=self.registry,
+            "aggregator_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "aggregator_request_seconds", "Time to answer a profile request",
-            ["cache"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "aggregator_request_seconds",
+            "Time to answer a profile request",
+            ["cache"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.cache = Counter(
-            "aggregator_cache", "Profile cache lookups, by result (hit, miss, stale, refresh)",
-            ["result"], registry=self.registry,
+            "aggregator_cache",
+            "Profile cache lookups, by result (hit, miss, stale, refresh)",
+            ["result"],
+            registry=self.registry,
         )
         self.connector_latency = Histogram(
-            "aggregator_connector_seconds", "Time each connector took",
-            ["connector"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "aggregator_connector_seconds",
+            "Time each connector took",
+            ["connector"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.connector_outcomes = Counter(
-            "aggregator_connector_outcomes", "Connector fetches, by outcome",
-            ["connector", "status"], registry=self.registry,
+            "aggregator_connector_outcomes",
+            "Connector fetches, by outcome",
+            ["connector", "status"],
+            registry=self.registry,
         )
         self.circuit = Gauge(
             "aggregator_connector_circuit_state",
             "Circuit breaker state per connector (0 closed, 1 half-open, 2 open)",
-            ["connector"], registry=self.registry,
+            ["connector"],
+            registry=self.registry,
         )
         self._hit = self.cache.labels("hit")
         self._hit_latency = self.latency.labels("hit")

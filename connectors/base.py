@@ -37,8 +37,8 @@ class ConnectorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: str
-    enabled: bool = True
+    type: str = Field(description="Connector type: stripe, postgres, rest or a plugin's.")
+    enabled: bool = Field(default=True, description="false keeps it configured but unused.")
     prefix: str | None = Field(
         default=None, description="Key prefix; defaults to the connector's name."
     )

@@ -53,7 +53,7 @@ class QuerySpec(BaseModel):
 class PostgresSettings(ConnectorSettings):
     """Keys of a ``type: postgres`` connector."""
 
-    dsn: SecretStr
+    dsn: SecretStr = Field(description="postgresql:// URL; keep the password in the environment.")
     query: str | None = Field(None, min_length=1, description="SQL taking the email as $1.")
     queries: dict[str, str | QuerySpec] | None = Field(
         None, description="Several named queries, each taking the email as $1."

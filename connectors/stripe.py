@@ -55,13 +55,17 @@ _MONTHS_PER_INTERVAL: dict[str, Decimal] = {
 class StripeSettings(ConnectorSettings):
     """Settings of a ``type: stripe`` connector."""
 
-    api_key: SecretStr
-    api_base: str = "https://api.stripe.com"
-    api_version: str | None = None
-    timeout: float = Field(2.0, gt=0)
-    retries: int = Field(2, ge=0, le=5)
-    max_concurrency: int | None = Field(10, ge=1)
-    rate_limit: float | None = Field(25.0, gt=0)
+    api_key: SecretStr = Field(description="Secret or restricted key (read-only is enough).")
+    api_base: str = Field(
+        default="https://api.stripe.com", description="Stripe API address (stripe-mock in tests)."
+    )
+    api_version: str | None = Field(default=None, description="Pin a Stripe API version.")
+    timeout: float = Field(default=2.0, gt=0, description="Seconds this connector may take.")
+    retries: int = Field(default=2, ge=0, le=5, description="Extra tries of a 429/5xx.")
+    max_concurrency: int | None = Field(default=10, ge=1, description="Stripe calls in flight.")
+    rate_limit: float | None = Field(
+        default=25.0, gt=0, description="Stripe calls per second (Stripe allows 25/endpoint)."
+    )
     max_charges: int = Field(100, ge=1, le=100, description="Latest charges considered.")
 
 

@@ -47,7 +47,10 @@ async def test_profile_from_three_connector_types(
     assert body["db_signed_up_at"] == "2021-03-04T05:06:07Z"
     assert body["crm_plan_name"] == "Pro"
     assert set(unknown) == {
-        "profile_complete", "profile_fetched_at", "profile_cached", "profile_stale"
+        "profile_complete",
+        "profile_fetched_at",
+        "profile_cached",
+        "profile_stale",
     }
 
 

@@ -22,9 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 async def aggregator(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``python -m aggregator ARGS`` without blocking the event loop serving the fakes."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})}, cwd=ROOT,
+        sys.executable,
+        "-m",
+        "aggregator",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
