@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -114,5 +115,24 @@ def _overridden(model: type[ConnectorSettings]) -> frozenset[str]:
     return frozenset(changed)
 
 
+START = "<!-- config-reference:start -->"
+END = "<!-- config-reference:end -->"
+
+
+def embed(document: str) -> str:
+    """``document`` with the text between the reference markers replaced by the reference."""
+    head, start, rest = document.partition(START)
+    _, end, tail = rest.partition(END)
+    if not start or not end:
+        raise ValueError(f"markers {START} / {END} not found")
+    return f"{head}{START}\n{config_reference()}{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(config_reference(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        path = Path(sys.argv[2])
+        path.write_text(embed(path.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(config_reference(), end="")
