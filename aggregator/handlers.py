@@ -43,9 +43,10 @@ async def profile(request: web.Request) -> web.Response:
     """GET /profile?email=&api_token=: the flat JSON profile."""
     started = time.perf_counter()
     email = authenticated_email(request)
-    if isinstance(email, web.Response):
-        return email
     app = request.app
+    if isinstance(email, web.Response):
+        app[METRICS].requests.labels("profile", str(email.status)).inc()
+        return email
     service = app[SERVICE]
     body = service.cached_body(email)
     if body is not None:
@@ -55,7 +56,9 @@ async def profile(request: web.Request) -> web.Response:
     answer = await service.get(email)
     request[CACHE_STATE] = answer.cache
     request[OUTCOMES] = tuple(answer.outcomes)
-    app[METRICS].latency.labels(answer.cache).observe(time.perf_counter() - started)
+    metrics = app[METRICS]
+    metrics.latency.labels(answer.cache).observe(time.perf_counter() - started)
+    metrics.requests.labels("profile", "200").inc()
     return web.Response(body=answer.body, content_type=JSON)
 
 

@@ -30,7 +30,7 @@ class Metrics:
         )
         self.cache = Counter(
             "aggregator_cache",
-            "Profile cache lookups, by result (hit, miss, stale, refresh)",
+            "Profile cache lookups, by result (hit, miss, refresh; stale: expired fields served)",
             ["result"],
             registry=self.registry,
         )

@@ -250,6 +250,8 @@ class ProfileService:
             )
             return merge_profile(sources, fields, meta=meta, max_list_items=self._max_list_items)
 
+        if stale:
+            self.metrics.cache.labels("stale").inc()
         profile = render(cached=False)
         fresh_for = self._ttl if complete else min(self._ttl, INCOMPLETE_FRESH_SECONDS)
         cached_entry = CacheEntry(

@@ -190,6 +190,41 @@ async def test_expired_profile_is_served_stale_when_the_upstream_fails(
     assert crm.calls["ada@example.com"] == 2
 
 
+async def test_stale_answers_are_counted_in_metrics(crm: FakeCrm) -> None:
+    settings = settings_from({"crm": crm_connector(crm, retries=0)}, cache={"ttl": 0.1})
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+        await asyncio.sleep(0.2)
+        crm.fail_with = 500
+        await proxy.profile("ada@example.com")
+        await proxy.profile("nope", token="bad")
+        _, metrics = await proxy.get("/metrics")
+    assert 'aggregator_cache_total{result="stale"} 1.0' in metrics
+    assert 'aggregator_requests_total{route="profile",status="401"} 1.0' in metrics
+
+
+async def test_refresh_ahead_answers_from_cache_and_refreshes_in_background(crm: FakeCrm) -> None:
+    settings = settings_from({"crm": crm_connector(crm)}, cache={"ttl": 0.2, "refresh_ahead": 60})
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+        await asyncio.sleep(0.3)
+        crm.contacts["ada@example.com"]["seats"] = 99
+        crm.delay["ada@example.com"] = 0.3
+        started = time.monotonic()
+        _, quick = await proxy.profile("ada@example.com")
+        quick_elapsed = time.monotonic() - started
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            _, refreshed = await proxy.profile("ada@example.com")
+            if refreshed["crm_seats"] == 99:
+                break
+    assert quick["crm_seats"] == 12
+    assert quick["profile_cached"] is True
+    assert quick_elapsed < 0.3
+    assert refreshed["crm_seats"] == 99
+    assert crm.calls["ada@example.com"] == 2
+
+
 async def test_a_failing_connector_keeps_its_last_good_fields(
     crm: FakeCrm, slow_crm: FakeCrm
 ) -> None:
@@ -247,6 +282,8 @@ async def test_health_and_metrics(crm: FakeCrm) -> None:
     assert 'aggregator_cache_total{result="hit"} 1.0' in metrics
     assert 'aggregator_cache_total{result="miss"} 1.0' in metrics
     assert 'aggregator_connector_outcomes_total{connector="crm",status="ok"} 1.0' in metrics
+    assert 'aggregator_requests_total{route="profile",status="200"} 2.0' in metrics
+    assert "aggregator_request_seconds_bucket" in metrics
 
 
 async def test_unknown_path_and_method_get_json_errors() -> None:
