@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from aggregator import handlers, webhooks
+from aggregator import handlers, preview, webhooks
 from aggregator.cache import ProfileStore
 from aggregator.config import Settings
 from aggregator.keys import (
@@ -174,12 +174,13 @@ def create_app(settings: Settings) -> web.Application:
 
     path = settings.server.path
     app.router.add_get(path, handlers.profile)
-    app.router.add_route("DELETE", path, handlers.purge)
     app.router.add_post(path.rstrip("/") + "/purge", handlers.purge)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_post("/webhooks/stripe", webhooks.stripe_webhook)
+    app.router.add_get("/preview", preview.page)
+    app.router.add_post("/preview", preview.api)
     return app
 
 

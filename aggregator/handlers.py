@@ -94,7 +94,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def purge(request: web.Request) -> web.Response:
-    """POST|DELETE /profile?email=&api_token=: drop one email's cached profile."""
+    """POST /profile/purge?email=&api_token=: drop one email's cached profile."""
     email = authenticated_email(request)
     if isinstance(email, web.Response):
         return email

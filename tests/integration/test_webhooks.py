@@ -112,11 +112,11 @@ async def test_purge_endpoint_needs_the_token_and_drops_the_profile(crm: FakeCrm
     async with running_proxy(crm_settings(crm)) as proxy:
         await proxy.profile("ada@example.com")
         params = {"email": "ada@example.com", "api_token": "wrong"}
-        async with proxy.session.delete(f"{proxy.url}/profile", params=params) as response:
+        async with proxy.session.post(f"{proxy.url}/profile/purge", params=params) as response:
             refused = response.status
         _, still_cached = await proxy.profile("ada@example.com")
         params["api_token"] = "test-token-0123456789"
-        async with proxy.session.delete(f"{proxy.url}/profile", params=params) as response:
+        async with proxy.session.post(f"{proxy.url}/profile/purge", params=params) as response:
             purged = response.status
         _, fresh = await proxy.profile("ada@example.com")
     assert refused == 401
@@ -124,3 +124,18 @@ async def test_purge_endpoint_needs_the_token_and_drops_the_profile(crm: FakeCrm
     assert purged == 200
     assert fresh["profile_cached"] is False
     assert crm.calls["ada@example.com"] == 2
+
+
+async def test_profile_path_answers_only_get_and_head(crm: FakeCrm) -> None:
+    async with running_proxy(crm_settings(crm)) as proxy:
+        params = {"email": "ada@example.com", "api_token": "test-token-0123456789"}
+        async with proxy.session.head(f"{proxy.url}/profile", params=params) as response:
+            head = response.status
+        statuses = []
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            async with proxy.session.request(
+                method, f"{proxy.url}/profile", params=params
+            ) as response:
+                statuses.append(response.status)
+    assert head == 200
+    assert statuses == [405, 405, 405, 405]
