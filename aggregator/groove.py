@@ -10,7 +10,15 @@ from liquid.exceptions import LiquidError
 
 from aggregator.merge import RESERVED_KEYS
 
-_ENV = Environment()
+class _GrooveEnvironment(Environment):
+    """Standard Liquid with limits, so a template cannot stall the event loop."""
+
+    loop_iteration_limit = 10_000
+    output_stream_limit = 1_000_000
+    context_depth_limit = 30
+
+
+_ENV = _GrooveEnvironment()
 
 
 def groove_keys(email: str) -> dict[str, str]:

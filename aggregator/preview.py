@@ -1,0 +1,166 @@
+"""The preview page: an email and a Liquid template in, the sidebar as Groove renders it out.
+
+``GET /preview?api_token=T`` serves the page; its form posts to ``POST /preview`` (the token
+in a hidden field), which fetches the profile bypassing the cache and answers JSON:
+``{email, profile, rendered_html, template_error, connectors, cache_state, cached}``.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+import time
+from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import orjson
+from aiohttp import web
+from liquid.exceptions import LiquidError
+
+from aggregator.cache import CacheEntry
+from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.groove import render_sidebar
+from aggregator.handlers import JSON, json_error, token_matches
+from aggregator.keys import SERVICE, TOKENS
+from aggregator.service import ProfileAnswer
+
+MAX_TEMPLATE_CHARS = 65_536
+_STATIC = files("aggregator") / "static"
+
+
+@cache
+def sample_template() -> str:
+    """The Groove template shipped with the package (a copy of examples/groove-template.liquid)."""
+    return (_STATIC / "groove-template.liquid").read_text(encoding="utf-8")
+
+
+@cache
+def _page_source() -> str:
+    return (_STATIC / "preview.html").read_text(encoding="utf-8")
+
+
+def _headers(nonce: str) -> dict[str, str]:
+    # srcdoc frames inherit this policy: the sidebar may use inline styles and data: images,
+    # and can load nothing from elsewhere; sandbox="" already stops its scripts.
+    policy = (
+        "default-src 'none'; "
+        f"script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
+        "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return {
+        "Content-Security-Policy": policy,
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+async def page(request: web.Request) -> web.Response:
+    """GET /preview?api_token=T[&email=E]: the HTML page (401 JSON without a valid token)."""
+    query = request.rel_url.query
+    token = query.get("api_token")
+    if not token_matches(token, request.app[TOKENS]):
+        return json_error(401, "missing or invalid api_token")
+    assert token is not None
+    nonce = secrets.token_urlsafe(16)
+    body = (
+        _page_source()
+        .replace("__NONCE__", nonce)
+        .replace("__TOKEN__", html.escape(token))
+        .replace("__EMAIL__", html.escape(query.get("email", "")))
+        .replace("__TEMPLATE__", html.escape(sample_template(), quote=False))
+    )
+    return web.Response(
+        text=body, content_type="text/html", charset="utf-8", headers=_headers(nonce)
+    )
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    if request.content_type == "application/json":
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    posted = await request.post()
+    return {k: v for k, v in posted.items() if isinstance(v, str)}
+
+
+async def api(request: web.Request) -> web.Response:
+    """POST /preview (email, template, api_token): profile, render, per-connector data."""
+    form = await _form(request)
+    token = form.get("api_token", request.rel_url.query.get("api_token"))
+    if not token_matches(token, request.app[TOKENS]):
+        return json_error(401, "missing or invalid api_token")
+    try:
+        email = normalize_email(form.get("email"))
+    except InvalidEmail as exc:
+        return json_error(400, str(exc))
+    template = form.get("template", sample_template())
+    if len(template) > MAX_TEMPLATE_CHARS:
+        return json_error(400, f"the template is longer than {MAX_TEMPLATE_CHARS} characters")
+    service = request.app[SERVICE]
+    now = time.time()
+    entry = await service.store.get(email, now)
+    answer = await service.preview(email)
+    profile = answer.profile or {}
+    rendered: str | None = None
+    template_error: str | None = None
+    try:
+        rendered = render_sidebar(template, profile, email)
+    except LiquidError as exc:
+        template_error = str(exc)
+    cached: dict[str, Any] = {"state": "none", "fetched_at": None}
+    if entry is not None:
+        cached = {
+            "state": "fresh" if now < entry.fresh_until else "stale",
+            "fetched_at": _iso(entry.fetched_at),
+        }
+    body = {
+        "email": email,
+        "profile": profile,
+        "rendered_html": rendered,
+        "template_error": template_error,
+        "connectors": _connectors(answer, entry, now),
+        "cache_state": answer.cache,
+        "cached": cached,
+    }
+    return web.Response(
+        body=orjson.dumps(body), content_type=JSON, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _connectors(
+    answer: ProfileAnswer, entry: CacheEntry | None, now: float
+) -> list[dict[str, Any]]:
+    rows = []
+    for outcome in answer.outcomes:
+        snapshot = entry.sources.get(outcome.name) if entry is not None else None
+        cache_row: dict[str, Any] | None = None
+        if entry is not None and snapshot is not None:
+            cache_row = {
+                "state": "fresh" if now < entry.fresh_until else "stale",
+                "status": snapshot.status,
+                "age_s": round(max(0.0, now - snapshot.fetched_at), 1),
+            }
+        rows.append(
+            {
+                "name": outcome.name,
+                "status": outcome.status,
+                "elapsed_ms": round(outcome.elapsed * 1000, 1),
+                "attempts": outcome.attempts,
+                "detail": outcome.detail,
+                "keys": answer.contributed.get(outcome.name, []),
+                "cache": cache_row,
+            }
+        )
+    return rows
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
