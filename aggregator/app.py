@@ -28,6 +28,7 @@ from aggregator.keys import (
     STORE,
     TOKENS,
 )
+from aggregator.logs import install_redactor
 from aggregator.metrics import Metrics
 from aggregator.registry import get_connector_type
 from aggregator.reload import reload_context
@@ -145,6 +146,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
 
 def create_app(settings: Settings) -> web.Application:
     """The proxy as an aiohttp application; resources open when it starts."""
+    install_redactor()
     middlewares: list[Any] = [error_middleware]
     if settings.server.allow_ips or settings.server.client_rate_limit is not None:
         middlewares.append(client_guard_middleware(settings))

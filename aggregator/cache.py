@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
 from aggregator.resilience import CircuitBreaker
 
@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 ENTRY_FORMAT = 1
 LOCK_SKIPPED = ""
+MAX_CONNECTIONS = 256
+# RedisClusterException (e.g. no node reachable) does not derive from RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -135,12 +138,13 @@ class RedisBackend:
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
         self.timeout = timeout
-        self.breaker = CircuitBreaker(threshold=1, reset=1.0)
+        self.breaker = CircuitBreaker(threshold=3, reset=1.0)
         self.last_error: str | None = None
         options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
             "health_check_interval": 15,
+            "max_connections": MAX_CONNECTIONS,
         }
         self.client: Redis | RedisCluster
         scheme, sep, rest = url.partition("://")
@@ -149,14 +153,30 @@ class RedisBackend:
             self.client = RedisCluster.from_url(real_url, **options)
         else:
             self.client = Redis.from_url(url, retry_on_timeout=False, **options)
+        self._needs_discovery = isinstance(self.client, RedisCluster)
+        self._discovery_lock = asyncio.Lock()
+
+    async def _discover(self) -> None:
+        # Concurrent first commands on a new redis-py cluster client race its slot
+        # discovery (wrong node, MOVED, then a refresh that drops the others' connections
+        # mid-command): learn the topology once, before any command is sent.
+        async with self._discovery_lock:
+            if self._needs_discovery and isinstance(self.client, RedisCluster):
+                await self.client.initialize()
+            self._needs_discovery = False
 
     async def _run(self, operation: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         if not self.breaker.allow():
             return False, None
         try:
             async with asyncio.timeout(self.timeout):
+                if self._needs_discovery:
+                    await self._discover()
                 result = await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except MaxConnectionsError:
+            # Our own pool is busy, Redis is fine: a miss for this call, not an outage.
+            return False, None
+        except REDIS_FAILURES as exc:
             if self.last_error is None:
                 log.warning("redis unavailable (%s); answering uncached", type(exc).__name__)
             self.last_error = type(exc).__name__
@@ -170,8 +190,13 @@ class RedisBackend:
 
     async def get(self, key: str) -> bytes | None:
         """The raw value, or None when absent or Redis is unusable."""
-        _ok, value = await self._run(lambda: self.client.get(key))
-        return value if isinstance(value, bytes) else None
+        _ok, value = await self.fetch(key)
+        return value
+
+    async def fetch(self, key: str) -> tuple[bool, bytes | None]:
+        """(whether Redis answered, the raw value or None)."""
+        ok, value = await self._run(lambda: self.client.get(key))
+        return ok, value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl: float) -> bool:
         """Store with an expiry in seconds; False when Redis is unusable."""
@@ -207,8 +232,10 @@ class RedisBackend:
         """True when Redis answers now (bypasses the breaker)."""
         try:
             async with asyncio.timeout(self.timeout):
+                if self._needs_discovery:
+                    await self._discover()
                 await self.client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self.last_error = type(exc).__name__
             return False
         self.last_error = None
@@ -221,7 +248,12 @@ class RedisBackend:
 
 
 class ProfileStore:
-    """Where profiles are kept: a near in-process copy and, when configured, Redis."""
+    """Where profiles are kept: an in-process copy and, when configured, Redis.
+
+    With Redis, the in-process copy answers on its own for ``near_ttl`` seconds and is
+    kept until the entry's stale time, so it can still be served stale while Redis is
+    unreachable. Redis stays the source of truth whenever it answers.
+    """
 
     def __init__(
         self,
@@ -235,7 +267,7 @@ class ProfileStore:
         self.namespace = namespace
         self.remote = None if url.startswith("memory://") else RedisBackend(url, timeout)
         self.near_ttl = near_ttl
-        self.near: LruCache[str, CacheEntry] = LruCache(max_entries)
+        self.near: LruCache[str, tuple[float, CacheEntry]] = LruCache(max_entries)
 
     @property
     def kind(self) -> str:
@@ -251,34 +283,55 @@ class ProfileStore:
         return f"{self.namespace}:lock:{hash_email(email)}"
 
     def get_near(self, email: str, now: float) -> CacheEntry | None:
-        """The in-process copy, without any I/O."""
-        return self.near.get(email, now)
+        """The in-process copy while it may answer on its own, without any I/O."""
+        item = self.near.get(email, now)
+        if item is None or now >= item[0]:
+            return None
+        return item[1]
+
+    def get_local(self, email: str, now: float) -> CacheEntry | None:
+        """Any in-process copy still within its stale time."""
+        item = self.near.get(email, now)
+        return None if item is None else item[1]
 
     async def get(self, email: str, now: float) -> CacheEntry | None:
         """The cached entry (fresh or stale), or None."""
-        entry = self.near.get(email, now)
+        entry = self.get_near(email, now)
         if entry is not None or self.remote is None:
             return entry
-        raw = await self.remote.get(self.profile_key(email))
-        if raw is None:
-            return None
-        entry = CacheEntry.decode(raw)
+        return await self.get_shared(email, now)
+
+    async def get_shared(self, email: str, now: float) -> CacheEntry | None:
+        """The entry in Redis (what every replica sees); our own copy if Redis can't say."""
+        if self.remote is None:
+            return self.get_local(email, now)
+        ok, raw = await self.remote.fetch(self.profile_key(email))
+        if not ok:
+            return self.get_local(email, now)
+        entry = CacheEntry.decode(raw) if raw is not None else None
         if entry is None or entry.stale_until <= now:
             return None
-        self._keep_near(email, entry, now)
+        local = self.get_local(email, now)
+        if local is None or local.fetched_at <= entry.fetched_at:
+            self.keep_near(email, entry, now)
         return entry
 
-    def _keep_near(self, email: str, entry: CacheEntry, now: float) -> None:
+    def keep_near(self, email: str, entry: CacheEntry, now: float) -> None:
+        """Keep the in-process copy (answering alone for near_ttl when Redis is used)."""
+        near_until = entry.stale_until if self.remote is None else now + self.near_ttl
+        self.near.set(email, (near_until, entry), entry.stale_until)
+
+    async def put_shared(self, email: str, entry: CacheEntry, now: float) -> bool:
+        """Write an entry to Redis until its stale time; False when Redis is unusable."""
         if self.remote is None:
-            self.near.set(email, entry, entry.stale_until)
-        elif self.near_ttl > 0:
-            self.near.set(email, entry, min(entry.stale_until, now + self.near_ttl))
+            return True
+        key = self.profile_key(email)
+        return await self.remote.set(key, entry.encode(), entry.stale_until - now)
 
     async def put(self, email: str, entry: CacheEntry, now: float) -> None:
-        """Keep an entry until its stale time (near copy for near_ttl when Redis is used)."""
-        self._keep_near(email, entry, now)
-        if self.remote is not None:
-            await self.remote.set(self.profile_key(email), entry.encode(), entry.stale_until - now)
+        """Keep an entry here and in Redis."""
+        self.keep_near(email, entry, now)
+        await self.put_shared(email, entry, now)
 
     async def delete(self, email: str) -> bool:
         """Drop one email's profile everywhere we can; False if Redis could not be reached."""

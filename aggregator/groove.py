@@ -10,6 +10,7 @@ from liquid.exceptions import LiquidError
 
 from aggregator.merge import RESERVED_KEYS
 
+
 class _GrooveEnvironment(Environment):
     """Standard Liquid with limits, so a template cannot stall the event loop."""
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -54,6 +55,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+class MalformedRequestRedactor(logging.Filter):
+    """aiohttp logs a malformed request with its raw line, token and email included:
+    keep the fact, drop the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite records about HTTP parse errors; pass everything else untouched."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "rejected a malformed request: %s (HTTP %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def install_redactor() -> None:
+    """Attach the redactor to aiohttp's server logger once."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestRedactor) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestRedactor())
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Route the root logger to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -61,6 +84,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    install_redactor()
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # asyncpg repeats a traceback per retry while a database is down; our own line says it once.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

@@ -14,7 +14,7 @@ import orjson
 
 from aggregator.cache import LOCK_SKIPPED, CacheEntry, ProfileStore, SourceSnapshot
 from aggregator.config import Settings
-from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys, sanitize_key
+from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys
 from aggregator.metrics import Metrics
 from connectors.base import Connector, FetchOutcome
 
@@ -56,6 +56,8 @@ class ProfileService:
         self.metrics = metrics or Metrics()
         self.reconfigure(settings, connectors, store)
         self._inflight: dict[str, asyncio.Future[ProfileAnswer]] = {}
+        self._refreshing: dict[str, asyncio.Future[ProfileAnswer]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
     def reconfigure(
@@ -84,16 +86,30 @@ class ProfileService:
     async def get(self, email: str) -> ProfileAnswer:
         """The profile of a normalized email, honoring the cache policy."""
         now = time.time()
-        entry = await self.store.get(email, now)
-        if entry is not None and now < entry.fresh_until:
+        # The budget starts now: a slow cache read must not stretch the answer.
+        deadline = asyncio.get_running_loop().time() + self._deadline - DEADLINE_MARGIN
+        entry = self.store.get_near(email, now)
+        if entry is not None:
+            answer = self._answer_from(email, entry, now)
+            if answer is not None:
+                return answer
+        # One task per email reads the shared cache and, if need be, fetches: N concurrent
+        # requests for one email cost one Redis read and one fan-out.
+        future = self._inflight.get(email)
+        if future is None:
+            future = self._start_load(email, entry, deadline, read_cache=True)
+        return await asyncio.shield(future)
+
+    def _answer_from(self, email: str, entry: CacheEntry, now: float) -> ProfileAnswer | None:
+        """Serve a cached entry if policy allows: fresh, or within the refresh-ahead window."""
+        if now < entry.fresh_until:
             self.metrics.cache.labels("hit").inc()
             return ProfileAnswer(entry.body, "hit")
-        if entry is not None and now < entry.fresh_until + self._refresh_ahead:
+        if now < entry.fresh_until + self._refresh_ahead:
             self.metrics.cache.labels("refresh").inc()
             self._refresh_in_background(email, entry)
             return ProfileAnswer(entry.body, "refresh")
-        self.metrics.cache.labels("miss").inc()
-        return await self._single_flight(email, entry)
+        return None
 
     async def preview(self, email: str) -> ProfileAnswer:
         """Fetch from every upstream now, bypassing the cache entirely."""
@@ -113,25 +129,36 @@ class ProfileService:
         return await self.store.delete(email)
 
     async def close(self) -> None:
-        """Cancel background refreshes."""
+        """Finish pending cache writes, cancel background refreshes."""
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=2.0)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
     def _refresh_in_background(self, email: str, entry: CacheEntry) -> None:
-        if email in self._inflight:
+        if email in self._refreshing:
             return
-        future = self._start_load(email, entry)
-        future.add_done_callback(_consume_exception)
-
-    async def _single_flight(self, email: str, entry: CacheEntry | None) -> ProfileAnswer:
-        future = self._inflight.get(email)
-        if future is None:
-            future = self._start_load(email, entry)
-        return await asyncio.shield(future)
-
-    def _start_load(self, email: str, entry: CacheEntry | None) -> asyncio.Future[ProfileAnswer]:
         task = asyncio.ensure_future(self._load(email, entry))
+        self._refreshing[email] = task
+        self._background.add(task)
+
+        def _done(_: asyncio.Future[ProfileAnswer]) -> None:
+            self._refreshing.pop(email, None)
+            self._background.discard(task)
+
+        task.add_done_callback(_done)
+        task.add_done_callback(_consume_exception)
+
+    def _start_load(
+        self,
+        email: str,
+        entry: CacheEntry | None,
+        deadline: float | None = None,
+        *,
+        read_cache: bool = False,
+    ) -> asyncio.Future[ProfileAnswer]:
+        task = asyncio.ensure_future(self._load(email, entry, deadline, read_cache=read_cache))
         self._inflight[email] = task
         self._background.add(task)
 
@@ -142,49 +169,82 @@ class ProfileService:
         task.add_done_callback(_done)
         return task
 
-    async def _load(self, email: str, entry: CacheEntry | None) -> ProfileAnswer:
+    async def _load(
+        self,
+        email: str,
+        entry: CacheEntry | None,
+        deadline: float | None = None,
+        *,
+        read_cache: bool = False,
+    ) -> ProfileAnswer:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._deadline - DEADLINE_MARGIN
+        if deadline is None:
+            deadline = loop.time() + self._deadline - DEADLINE_MARGIN
         store = self.store
         remote = store.remote
+        if read_cache and remote is not None:
+            shared = await store.get_shared(email, time.time())
+            if shared is not None:
+                answer = self._answer_from(email, shared, time.time())
+                if answer is not None:
+                    return answer
+            # For stale fallback take the newest copy known, including one this process
+            # kept while Redis was unreachable (Redis may never have received it).
+            known = [e for e in (shared, store.get_local(email, time.time()), entry) if e]
+            entry = max(known, key=lambda e: e.fetched_at) if known else None
+        self.metrics.cache.labels("miss").inc()
         token = LOCK_SKIPPED
         if remote is not None:
-            lock_key = store.lock_key(email)
-            acquired = await remote.try_lock(lock_key, self._deadline + 1.0)
+            acquired = await remote.try_lock(store.lock_key(email), self._deadline + 1.0)
             if acquired is None:
-                return await self._wait_for_other_replica(email, entry, deadline)
-            token = acquired
+                waited = await self._wait_for_other_replica(email, entry, deadline)
+                if waited is not None:
+                    return waited
+            else:
+                token = acquired
         try:
             built = await self._fan_out(email, entry, deadline)
-            await store.put(email, built.entry, time.time())
-            return built.answer
-        finally:
-            if remote is not None:
-                await remote.unlock(store.lock_key(email), token)
+        except BaseException:
+            self._write_later(store, email, None, token)
+            raise
+        store.keep_near(email, built.entry, time.time())
+        self._write_later(store, email, built.entry, token)
+        return built.answer
+
+    def _write_later(
+        self, store: ProfileStore, email: str, entry: CacheEntry | None, token: str
+    ) -> None:
+        """Write to Redis and release the lock after answering: Redis never delays an answer."""
+        if store.remote is None:
+            return
+        remote = store.remote
+
+        async def write() -> None:
+            if entry is not None:
+                await store.put_shared(email, entry, time.time())
+            await remote.unlock(store.lock_key(email), token)
+
+        task = asyncio.ensure_future(write())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def _wait_for_other_replica(
         self, email: str, entry: CacheEntry | None, deadline: float
-    ) -> ProfileAnswer:
+    ) -> ProfileAnswer | None:
+        """Another replica is fetching: read what it writes, for at most half the budget.
+
+        None means it did not deliver in time (it may have died holding the lock):
+        the caller then fetches itself with the half left.
+        """
         loop = asyncio.get_running_loop()
         known = entry.fetched_at if entry is not None else 0.0
-        self.store.near.delete(email)
-        while loop.time() < deadline:
+        give_up = loop.time() + max(0.0, deadline - loop.time()) / 2
+        while loop.time() < give_up:
             await asyncio.sleep(LOCK_POLL_SECONDS)
-            fresh = await self.store.get(email, time.time())
+            fresh = await self.store.get_shared(email, time.time())
             if fresh is not None and fresh.fetched_at > known:
                 return ProfileAnswer(fresh.body, "shared")
-        if entry is not None:
-            return ProfileAnswer(_mark_stale(entry.body, self._meta_prefix), "stale")
-        errors = {c.prefix or c.name: "timeout" for c in self.connectors}
-        meta = meta_keys(
-            self._meta_prefix,
-            complete=False,
-            fetched_at=datetime.now(UTC),
-            cached=False,
-            stale=False,
-            errors=errors,
-        )
-        return ProfileAnswer(orjson.dumps(meta), "timeout")
+        return None
 
     async def _fan_out(self, email: str, entry: CacheEntry | None, deadline: float) -> _Built:
         loop = asyncio.get_running_loop()
@@ -279,12 +339,6 @@ class ProfileService:
             result[source.name] = sorted(set(upto) - before)
             before = set(upto)
         return result
-
-
-def _mark_stale(body: bytes, meta_prefix: str) -> bytes:
-    profile = orjson.loads(body)
-    profile[sanitize_key(f"{meta_prefix}_stale")] = True
-    return orjson.dumps(profile)
 
 
 def _consume_exception(future: asyncio.Future[ProfileAnswer]) -> None:

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.pg",
     "tests.support.fake_stripe",
     "tests.support.upstreams",
+    "tests.support.redis_cluster",
 ]

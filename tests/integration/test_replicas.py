@@ -1,0 +1,169 @@
+"""Several ``aggregator serve`` processes sharing one Redis fan out once per email, not each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from redis.asyncio import Redis
+
+from aggregator.keys import STORE
+from tests.support.proxy import TOKEN, running_proxy, settings_from
+from tests.support.redis_server import free_port
+from tests.support.upstreams import FakeCrm, start_crm
+
+ROOT = Path(__file__).resolve().parents[2]
+EMAIL = "cold.customer@example.com"
+SERVE = (sys.executable, "-m", "aggregator", "serve")
+
+
+def write_config(path: Path, redis_url: str, namespace: str, crms: dict[str, FakeCrm]) -> Path:
+    """A config file for a replica: one token, the shared Redis, a rest connector per CRM."""
+    document: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "deadline": 3.0},
+        "auth": {"api_tokens": [TOKEN]},
+        "cache": {"url": redis_url, "namespace": namespace},
+        "logging": {"level": "WARNING"},
+        "connectors": {
+            name: {"type": "rest", "url": crm.template, "select": "data[0]", "timeout": 2.0}
+            for name, crm in crms.items()
+        },
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class Replica:
+    """One ``python -m aggregator serve`` process on its own port."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            [*SERVE, "--config", str(config), "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 20.0) -> None:
+        """Wait until /healthz answers; fail with the process's output if it dies or hangs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"replica exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                async with session.get(f"{self.url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        pytest.fail(f"replica did not answer /healthz within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Everything the process wrote so far."""
+        self._log_file.flush()
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log_file.close()
+
+
+@contextmanager
+def replicas(config: Path, logs: Path, count: int) -> Iterator[list[Replica]]:
+    """``count`` serve processes on the same config, stopped on exit whatever happens."""
+    started: list[Replica] = []
+    try:
+        for index in range(count):
+            started.append(Replica(config, logs / f"replica-{index}.log"))
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+@asynccontextmanager
+async def counting_crms(*names: str) -> AsyncIterator[dict[str, FakeCrm]]:
+    """A slow (~200 ms) fake CRM per name that knows EMAIL and counts calls."""
+    crms = {
+        name: FakeCrm(contacts={EMAIL: {"plan": name.title()}}, default_delay=0.2) for name in names
+    }
+    runners = [await start_crm(crm) for crm in crms.values()]
+    try:
+        yield crms
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def test_two_serve_processes_share_one_fan_out_per_email(
+    tmp_path: Path, redis_url: str, cache_namespace: str
+) -> None:
+    async with counting_crms("crm", "billing") as crms, aiohttp.ClientSession() as session:
+        config = write_config(tmp_path / "config.yaml", redis_url, cache_namespace, crms)
+        with replicas(config, tmp_path, 2) as (first, second):
+            await first.wait_ready(session)
+            await second.wait_ready(session)
+
+            async def ask(replica: Replica) -> tuple[int, dict[str, Any]]:
+                params = {"email": EMAIL, "api_token": TOKEN}
+                async with session.get(f"{replica.url}/profile", params=params) as response:
+                    return response.status, await response.json(content_type=None)
+
+            answers = await asyncio.gather(*(ask(first if i % 2 else second) for i in range(200)))
+            outputs = first.output() + second.output()
+
+    assert [status for status, _ in answers] == [200] * 200, outputs
+    assert all(body.get("crm_plan") == "Crm" for _, body in answers), answers[:3]
+    assert all(body.get("billing_plan") == "Billing" for _, body in answers), answers[:3]
+    assert crms["crm"].calls == {EMAIL: 1}
+    assert crms["billing"].calls == {EMAIL: 1}
+
+
+async def test_a_lock_left_by_a_dead_replica_does_not_cost_the_answer_its_fields(
+    redis_url: str, cache_namespace: str
+) -> None:
+    # A replica that died (or lost Redis) between taking the fetch lock and releasing it
+    # leaves the lock until it expires; the replicas still up must answer with the fields.
+    async with counting_crms("crm") as crms:
+        crm = crms["crm"]
+        crm.default_delay = 0
+        connector = {"type": "rest", "url": crm.template, "select": "data[0]"}
+        settings = settings_from(
+            {"crm": connector}, cache_url=redis_url, cache={"namespace": cache_namespace}
+        )
+        async with running_proxy(settings) as proxy:
+            lock_key = proxy.app[STORE].lock_key(EMAIL)
+            client = Redis.from_url(redis_url)
+            try:
+                await client.set(lock_key, "token-of-a-dead-replica", px=30_000)
+                status, body = await proxy.profile(EMAIL)
+            finally:
+                await client.delete(lock_key)
+                await client.aclose()
+
+    assert status == 200
+    assert body.get("crm_plan") == "Crm", body
+    assert crm.calls == {EMAIL: 1}

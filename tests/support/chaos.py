@@ -1,0 +1,166 @@
+"""A chaos upstream: a JSON HTTP API that, per request, answers or injects a fault.
+
+Usable as the URL of a ``rest`` connector (``ChaosUpstream.template``, ``select: data[0]``).
+Each request draws its behaviour from a seeded random (``weights``) unless a ``script``
+of kinds is queued; ``counts`` says how many of each kind were served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import orjson
+from aiohttp import web
+
+Kind = Literal["ok", "delay", "reset", "http500", "http429", "bad_json", "endless", "huge"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+FAULTS: tuple[Kind, ...] = tuple(k for k in KINDS if k != "ok")
+HUGE_BYTES = 50 * 1024 * 1024
+_CHUNK = b"x" * (64 * 1024)
+
+
+def default_fields(email: str) -> dict[str, Any]:
+    """The contact a healthy answer carries: a constant tier and a value derived from the email."""
+    return {"tier": "gold", "letters": len(email)}
+
+
+@dataclass
+class ChaosUpstream:
+    """``GET /contacts?email=E`` -> ``{"data": [fields]}``, or a fault, chosen per request."""
+
+    weights: Mapping[Kind, float] = field(default_factory=lambda: {"ok": 1.0})
+    seed: int = 0
+    delay: float = 5.0
+    retry_after: tuple[str, ...] = ("0", "0.05", "3")
+    counts: Counter[str] = field(default_factory=Counter)
+    seen: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
+        self._random = random.Random(self.seed)
+        self._script: deque[Kind] = deque()
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def template(self) -> str:
+        """The URL template a ``rest`` connector uses for this upstream."""
+        return f"{self.url}/contacts?email={{email}}"
+
+    @property
+    def faults(self) -> int:
+        """Requests answered with a fault of any kind."""
+        return sum(n for kind, n in self.counts.items() if kind != "ok")
+
+    @property
+    def requests(self) -> int:
+        """Requests received."""
+        return sum(self.counts.values())
+
+    def script(self, kinds: Iterable[Kind]) -> None:
+        """Serve these kinds, in order, to the next requests (then draw from ``weights`` again)."""
+        self._script.extend(kinds)
+
+    def set_weights(self, weights: Mapping[Kind, float]) -> None:
+        """Change the mix of kinds drawn from now on."""
+        self.weights = dict(weights)
+
+    def next_kind(self) -> Kind:
+        """The kind the next request gets."""
+        if self._script:
+            return self._script.popleft()
+        kinds = list(self.weights)
+        return self._random.choices(kinds, weights=[self.weights[k] for k in kinds])[0]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request with the next kind."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            email = request.query.get("email", "")
+            self.seen.append((request.path, list(request.query.items())))
+            kind = self.next_kind()
+            self.counts[kind] += 1
+            return await self._answer(kind, email, request)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _answer(self, kind: Kind, email: str, request: web.Request) -> web.StreamResponse:
+        body = orjson.dumps({"data": [default_fields(email)]})
+        if kind == "ok":
+            return web.Response(body=body, content_type="application/json")
+        if kind == "delay":
+            await asyncio.sleep(self.delay)
+            return web.Response(body=body, content_type="application/json")
+        if kind == "reset":
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            await asyncio.Event().wait()  # the lost connection cancels this handler
+        if kind == "http500":
+            return web.json_response({"error": "injected"}, status=500)
+        if kind == "http429":
+            headers = {"Retry-After": self._random.choice(self.retry_after)}
+            return web.json_response({"error": "slow down"}, status=429, headers=headers)
+        if kind == "bad_json":
+            return web.Response(body=b'{"data": [{"tier": "go', content_type="application/json")
+        return await self._stream(request, endless=kind == "endless")
+
+    async def _stream(self, request: web.Request, *, endless: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if not endless:
+            response.content_length = HUGE_BYTES
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write(b'{"data": [{"padding": "')
+            sent = 0
+            while endless or sent < HUGE_BYTES:
+                await response.write(_CHUNK)
+                sent += len(_CHUNK)
+        return response
+
+    async def start(self) -> str:
+        """Serve on 127.0.0.1 on a free port; returns the base URL."""
+        app = web.Application()
+        app.router.add_get("/contacts", self.handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def close(self) -> None:
+        """Stop serving; handlers still delaying or streaming are cancelled."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@asynccontextmanager
+async def running_chaos(
+    weights: Mapping[Kind, float] | None = None, **options: Any
+) -> AsyncIterator[ChaosUpstream]:
+    """A started ChaosUpstream, closed on exit."""
+    upstream = ChaosUpstream(weights=dict(weights or {"ok": 1.0}), **options)
+    await upstream.start()
+    try:
+        yield upstream
+    finally:
+        await upstream.close()
