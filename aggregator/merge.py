@@ -135,11 +135,13 @@ def merge_profile(
     *,
     meta: Mapping[str, Scalar],
     max_list_items: int = 3,
+    flat: bool = False,
 ) -> dict[str, Scalar]:
     """Merge every connector's answer into one flat dict; meta first, then config order.
 
     ``fields`` maps a connector name to its answer (None or absent: no fields);
-    its own order never matters. Names not in ``sources`` are ignored.
+    its own order never matters. Names not in ``sources`` are ignored. ``flat=True``
+    says every answer is already the output of ``flatten`` (skips flattening again).
     """
     out: dict[str, Scalar] = {}
     for key, value in meta.items():
@@ -155,7 +157,8 @@ def merge_profile(
         if answer is None:
             continue
         owner = sanitize_key(source.name)
-        for key, value in flatten(answer, max_list_items=max_list_items).items():
+        items = answer if flat else flatten(answer, max_list_items=max_list_items)
+        for key, value in items.items():
             out[_claim(out, _join(source.prefix, key), owner)] = value
     return out
 
@@ -187,7 +190,9 @@ def _walk(
     if isinstance(value, _CONTAINERS) and (len(path) > MAX_DEPTH or id(value) in ancestors):
         _emit(out, path, TRUNCATED)
         return
-    if isinstance(value, Mapping):
+    if isinstance(value, str | int | float | bool) or value is None:
+        _emit(out, path, to_scalar(value))
+    elif isinstance(value, Mapping):
         ancestors.add(id(value))
         for key, child in value.items():
             _walk(out, (*path, sanitize_key(str(key))), child, max_items, ancestors)

@@ -14,7 +14,7 @@ import orjson
 
 from aggregator.cache import LOCK_SKIPPED, CacheEntry, ProfileStore, SourceSnapshot
 from aggregator.config import Settings
-from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys
+from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys, sanitize_key
 from aggregator.metrics import Metrics
 from connectors.base import Connector, FetchOutcome
 
@@ -74,6 +74,7 @@ class ProfileService:
         self._deadline = settings.server.deadline
         self._max_list_items = settings.merge.max_list_items
         self._meta_prefix = settings.merge.meta_prefix
+        self._cached_key = sanitize_key(f"{self._meta_prefix}_cached")
 
     def cached_body(self, email: str) -> bytes | None:
         """The fresh in-process copy, if any: the hot path, no awaits, no allocations."""
@@ -299,23 +300,24 @@ class ProfileService:
         complete = not errors
         fields = {name: snap.fields for name, snap in snapshots.items()}
 
-        def render(cached: bool) -> dict[str, Scalar]:
-            meta = meta_keys(
-                self._meta_prefix,
-                complete=complete,
-                fetched_at=fetched_at,
-                cached=cached,
-                stale=stale,
-                errors=errors,
-            )
-            return merge_profile(sources, fields, meta=meta, max_list_items=self._max_list_items)
+        meta = meta_keys(
+            self._meta_prefix,
+            complete=complete,
+            fetched_at=fetched_at,
+            cached=False,
+            stale=stale,
+            errors=errors,
+        )
+        profile = merge_profile(
+            sources, fields, meta=meta, max_list_items=self._max_list_items, flat=True
+        )
 
         if stale:
             self.metrics.cache.labels("stale").inc()
-        profile = render(cached=False)
         fresh_for = self._ttl if complete else min(self._ttl, INCOMPLETE_FRESH_SECONDS)
         cached_entry = CacheEntry(
-            body=orjson.dumps(render(cached=True)),
+            # A copy: orjson's result keeps a much larger buffer than it needs, for life.
+            body=bytes(memoryview(orjson.dumps({**profile, self._cached_key: True}))),
             fetched_at=now,
             fresh_until=now + fresh_for,
             stale_until=now + self._ttl + self._stale_ttl,
