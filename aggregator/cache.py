@@ -289,6 +289,28 @@ class ProfileStore:
             return None
         return item[1]
 
+    def peek(self, email: str, now: float) -> tuple[float, CacheEntry] | None:
+        """(until when it may answer alone, entry) for the in-process copy, without any I/O."""
+        return self.near.get(email, now)
+
+    async def revalidate(self, email: str, now: float) -> None:
+        """Check the in-process copy against Redis: drop it if purged, take a newer one."""
+        if self.remote is None:
+            return
+        ok, raw = await self.remote.fetch(self.profile_key(email))
+        local = self.get_local(email, now)
+        if not ok:
+            if local is not None:
+                self.keep_near(email, local, now)
+            return
+        entry = CacheEntry.decode(raw) if raw is not None else None
+        if entry is None or entry.stale_until <= now:
+            self.near.delete(email)
+        elif local is None or local.fetched_at <= entry.fetched_at:
+            self.keep_near(email, entry, now)
+        else:
+            self.keep_near(email, local, now)
+
     def get_local(self, email: str, now: float) -> CacheEntry | None:
         """Any in-process copy still within its stale time."""
         item = self.near.get(email, now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 MAX_EMAIL_LENGTH = 254
 MAX_LOCAL_LENGTH = 64
@@ -18,6 +19,21 @@ def normalize_email(raw: str | None) -> str:
     to percent-encode. Raise InvalidEmail when the result is not a plausible address."""
     if raw is None:
         raise InvalidEmail("the email parameter is missing")
+    if len(raw) <= _CACHED_LENGTH:
+        return _normalize_cached(raw)
+    return _normalize(raw)
+
+
+_CACHED_LENGTH = 300
+
+
+@lru_cache(maxsize=4096)
+def _normalize_cached(raw: str) -> str:
+    # Only valid addresses are remembered: a raised InvalidEmail is never cached.
+    return _normalize(raw)
+
+
+def _normalize(raw: str) -> str:
     email = raw.strip().lower()
     if not email:
         raise InvalidEmail("the email parameter is empty")

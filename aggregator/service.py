@@ -58,6 +58,7 @@ class ProfileService:
         self._inflight: dict[str, asyncio.Future[ProfileAnswer]] = {}
         self._refreshing: dict[str, asyncio.Future[ProfileAnswer]] = {}
         self._writes: set[asyncio.Task[None]] = set()
+        self._revalidating: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     def reconfigure(
@@ -77,12 +78,37 @@ class ProfileService:
         self._cached_key = sanitize_key(f"{self._meta_prefix}_cached")
 
     def cached_body(self, email: str) -> bytes | None:
-        """The fresh in-process copy, if any: the hot path, no awaits, no allocations."""
+        """The fresh in-process copy, if any: the hot path, no awaits, no allocations.
+
+        Past ``near_ttl`` a fresh copy is still answered, and checked against Redis in
+        the background (a purge elsewhere is seen within near_ttl plus one request);
+        ``near_ttl: 0`` turns that off: every answer then reads Redis.
+        """
         now = time.time()
-        entry = self.store.get_near(email, now)
-        if entry is not None and now < entry.fresh_until:
-            return entry.body
-        return None
+        item = self.store.peek(email, now)
+        if item is None:
+            return None
+        near_until, entry = item
+        if now >= entry.fresh_until:
+            return None
+        if now >= near_until:
+            if self.store.near_ttl <= 0:
+                return None
+            self._revalidate(email)
+        return entry.body
+
+    def _revalidate(self, email: str) -> None:
+        if email in self._revalidating:
+            return
+        task = asyncio.ensure_future(self.store.revalidate(email, time.time()))
+        self._revalidating[email] = task
+        self._background.add(task)
+
+        def _done(_: asyncio.Future[None]) -> None:
+            self._revalidating.pop(email, None)
+            self._background.discard(task)
+
+        task.add_done_callback(_done)
 
     async def get(self, email: str) -> ProfileAnswer:
         """The profile of a normalized email, honoring the cache policy."""

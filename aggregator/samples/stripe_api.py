@@ -2,7 +2,8 @@
 
 ``start_fake_stripe()`` serves a seeded (or empty) account on a loopback port; the test
 fixture in ``tests/support/fake_stripe.py`` wraps it. Only ``GET /v1/customers``,
-``/v1/subscriptions`` and ``/v1/charges`` are served, with Stripe's list objects, error
+``/v1/customers/<id>``, ``/v1/subscriptions`` and ``/v1/charges`` are served, with
+Stripe's list objects, error
 bodies, ``expand[]`` and its four-level limit.
 """
 
@@ -259,6 +260,7 @@ class FakeStripe:
         """The aiohttp application serving this account."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/customers", self._customers)
+        app.router.add_get("/v1/customers/{id}", self._customer)
         app.router.add_get("/v1/subscriptions", self._subscriptions)
         app.router.add_get("/v1/charges", self._charges)
         return app
@@ -321,6 +323,13 @@ class FakeStripe:
         email = request.query.get("email")
         found = [c for c in self.customers if email is None or c["email"] == email]
         return self._page(request, found)
+
+    async def _customer(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["id"]
+        for customer in self.customers:
+            if customer["id"] == wanted:
+                return web.json_response(customer)
+        return _error(404, f"No such customer: '{wanted}'")
 
     async def _subscriptions(self, request: web.Request) -> web.Response:
         customer = request.query.get("customer")

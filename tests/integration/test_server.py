@@ -296,3 +296,31 @@ async def test_unknown_path_and_method_get_json_errors() -> None:
     assert '"error"' in missing_body
     assert method_status == 405
     assert '"error"' in method_body
+
+
+async def test_a_purge_reaches_other_replicas_within_near_ttl(
+    crm: FakeCrm, redis_url: str, cache_namespace: str
+) -> None:
+    settings = settings_from(
+        {"crm": crm_connector(crm)},
+        cache_url=redis_url,
+        cache={"namespace": cache_namespace, "near_ttl": 0.2},
+    )
+    async with running_proxy(settings) as first, running_proxy(settings) as second:
+        await first.profile("ada@example.com")
+        _, cached = await second.profile("ada@example.com")
+        crm.contacts["ada@example.com"]["seats"] = 77
+        params = {"email": "ada@example.com", "api_token": TOKEN}
+        async with first.session.post(f"{first.url}/profile/purge", params=params) as response:
+            assert response.status == 200
+        await asyncio.sleep(0.3)
+        seen = []
+        for _ in range(20):
+            _, body = await second.profile("ada@example.com")
+            seen.append(body["crm_seats"])
+            if body["crm_seats"] == 77:
+                break
+            await asyncio.sleep(0.02)
+    assert cached["profile_cached"] is True
+    assert seen[-1] == 77
+    assert len(seen) <= 3

@@ -139,3 +139,28 @@ async def test_profile_path_answers_only_get_and_head(crm: FakeCrm) -> None:
                 statuses.append(response.status)
     assert head == 200
     assert statuses == [405, 405, 405, 405]
+
+
+async def test_subscription_event_finds_the_email_through_stripe(
+    crm: FakeCrm, fake_stripe: Any
+) -> None:
+    customer = fake_stripe.add_customer("ada@example.com")
+    settings = settings_from(
+        {
+            "crm": {"type": "rest", "url": crm.template, "select": "data[0]"},
+            "stripe": {"type": "stripe", "api_key": fake_stripe.key, "api_base": fake_stripe.url},
+        },
+        webhooks={"stripe_secret": SECRET},
+    )
+    subscription = {"object": "subscription", "id": "sub_1", "customer": customer["id"]}
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+        crm.contacts["ada@example.com"]["seats"] = 40
+        status, answer = await post_event(
+            proxy, *signed(event("customer.subscription.updated", subscription))
+        )
+        _, fresh = await proxy.profile("ada@example.com")
+    assert status == 200
+    assert answer["purged"] == 1
+    assert fresh["crm_seats"] == 40
+    assert fake_stripe.requests[f"/v1/customers/{customer['id']}"] == 1
