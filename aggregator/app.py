@@ -30,6 +30,7 @@ from aggregator.keys import (
 )
 from aggregator.logs import install_redactor
 from aggregator.metrics import Metrics
+from aggregator.privacy import mask_email
 from aggregator.registry import get_connector_type
 from aggregator.reload import reload_context
 from aggregator.resilience import RateLimiter
@@ -133,6 +134,7 @@ async def request_log_layer(request: web.Request, handler: Handler) -> web.Strea
             "request_id": request_id,
             "method": request.method,
             "path": request.path,
+            "email": mask_email(request.query.get("email") or ""),
             "status": response.status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "cache": request.get(CACHE_STATE),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 
@@ -324,3 +325,24 @@ async def test_a_purge_reaches_other_replicas_within_near_ttl(
     assert cached["profile_cached"] is True
     assert seen[-1] == 77
     assert len(seen) <= 3
+
+
+async def test_access_log_has_one_masked_line_per_request(
+    crm: FakeCrm, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_from({"crm": crm_connector(crm)}, server={"access_log": True})
+    with caplog.at_level(logging.INFO, logger="aggregator.request"):
+        async with running_proxy(settings) as proxy:
+            await proxy.profile("ada@example.com")
+            await proxy.profile("ada@example.com")
+    lines = [r for r in caplog.records if r.name == "aggregator.request"]
+    assert len(lines) == 2
+    first, second = lines
+    assert first.__dict__["status"] == 200
+    assert first.__dict__["cache"] == "miss"
+    assert first.__dict__["connectors"] == {"crm": "ok"}
+    assert first.__dict__["email"] == "a***@example.com"
+    assert second.__dict__["cache"] == "hit"
+    assert first.__dict__["request_id"] != second.__dict__["request_id"]
+    assert "ada@example.com" not in caplog.text
+    assert TOKEN not in caplog.text
