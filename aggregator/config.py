@@ -53,7 +53,7 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _NAME = re.compile(r"[a-z0-9_]+")
 _PREFIX = re.compile(r"[a-z0-9_]*")
 _CACHE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
-_OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/webhooks/stripe"})
+_OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/webhooks/stripe", "/preview"})
 
 
 # -- models -------------------------------------------------------------------------

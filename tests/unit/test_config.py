@@ -628,3 +628,13 @@ def test_a_broken_plugin_only_matters_when_used() -> None:
     (problem,) = info.value.problems
     assert problem.startswith("config.yaml:8: connectors.x.type: connector type 'broken' cannot")
     assert "no_such_module_for_tests" in problem
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/webhooks/stripe", "/preview"]
+)
+def test_server_path_may_not_shadow_the_proxys_own_routes(path: str) -> None:
+    text = AUTH + f"server:\n  path: {path}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(text, source="c.yaml", env={}, connector_types=TYPES)
+    assert f"c.yaml:4: server.path: {path} is one of the proxy's own paths" in str(caught.value)
