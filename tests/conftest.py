@@ -1,5 +1,12 @@
 """Shared fixtures: each support module registers its own as a pytest plugin."""
 
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.pg",
@@ -7,3 +14,13 @@ pytest_plugins = [
     "tests.support.upstreams",
     "tests.support.redis_cluster",
 ]
+
+FAULT_TOTALS = Path(__file__).parent / "artifacts" / "faults.txt"
+_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the fault-injection suite's totals at the end of every run that made them."""
+    if FAULT_TOTALS.exists() and FAULT_TOTALS.stat().st_mtime >= _STARTED:
+        terminalreporter.section("fault-injection totals")
+        terminalreporter.write(FAULT_TOTALS.read_text(encoding="utf-8"))
