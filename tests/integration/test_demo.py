@@ -154,6 +154,24 @@ async def test_seeding_twice_is_harmless(postgres_dsn: str) -> None:
     assert count == 6
 
 
+async def test_seeding_creates_tables_only_in_the_demo_schema(postgres_dsn: str) -> None:
+    """seed.sql names no schema: the demo's search_path must keep it out of ``public``."""
+    query = (
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+        "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+    )
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        before = {row[0] for row in await conn.fetch(query)}
+        database = await open_sample_database(env={"DATABASE_URL": postgres_dsn})
+        await database.close()
+        after = {row[0] for row in await conn.fetch(query)}
+    finally:
+        await conn.close()
+    assert after - before <= {"aggregator_demo.accounts", "aggregator_demo.invoices"}
+    assert {"aggregator_demo.accounts", "aggregator_demo.invoices"} <= after
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
