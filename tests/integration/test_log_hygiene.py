@@ -30,10 +30,10 @@ from aggregator.logs import JsonFormatter, TextFormatter
 from tests.support.fake_stripe import FakeStripe
 from tests.support.proxy import running_proxy
 from tests.support.redis_server import free_port
+from tests.support.serve import ServeProcess
 from tests.support.upstreams import FakeCrm, start_crm
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVE = (sys.executable, "-m", "aggregator", "serve")
 CLOSED_PORT_DSN = "postgresql://postgres:{password}@127.0.0.1:{port}/nowhere"
 BROKEN_SQL = "SELECT plan FROM table_that_does_not_exist WHERE email = $1"
 
@@ -233,28 +233,14 @@ async def test_serve_and_cli_output_holds_no_secret_and_no_email(
     )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    env = {**os.environ, **secrets.env(), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [*SERVE, "--config", str(config), "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            await wait_for_health(f"http://127.0.0.1:{port}", proc, log_path)
-            statuses = await realistic_session(f"http://127.0.0.1:{port}", secrets)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    outputs = {"serve": log_path.read_text(encoding="utf-8", errors="replace")}
+    server = ServeProcess(config, tmp_path / "serve.log", secrets.env())
+    try:
+        async with aiohttp.ClientSession() as session:
+            await server.wait_ready(session)
+        statuses = await realistic_session(server.url, secrets)
+    finally:
+        server.stop()
+    outputs = {"serve": server.output()}
 
     for args in (("check",), ("preview", GOOD_EMAILS[0]), ("purge", GOOD_EMAILS[1])):
         # In a thread: the fake upstreams serve from this test's event loop.
@@ -276,22 +262,6 @@ async def test_serve_and_cli_output_holds_no_secret_and_no_email(
     assert "configuration refused" in outputs["check (bad config)"]
     found = {name: leaks(text, secrets) for name, text in outputs.items()}
     assert {name: hits for name, hits in found.items() if hits} == {}
-
-
-async def wait_for_health(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Wait until the served process answers /healthz."""
-    async with aiohttp.ClientSession() as session:
-        for _ in range(400):
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited: {log_path.read_text(errors='replace')}")
-            try:
-                async with session.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    pytest.fail(f"serve never became healthy: {log_path.read_text(errors='replace')}")
 
 
 def render(records: Iterable[logging.LogRecord]) -> str:

@@ -6,8 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -19,7 +17,7 @@ from aggregator import reload as reload_module
 from aggregator.config import load_settings
 from aggregator.keys import RELOADER, SERVICE
 from tests.support.proxy import TOKEN, running_proxy
-from tests.support.redis_server import free_port
+from tests.support.serve import ServeProcess
 from tests.support.upstreams import FakeCrm
 
 
@@ -125,37 +123,22 @@ async def test_sighup_and_file_changes_trigger_a_reload(
 async def test_sigterm_drains_in_flight_requests(crm: FakeCrm, tmp_path: Path) -> None:
     crm.delay["ada@example.com"] = 0.8
     config = tmp_path / "config.yaml"
-    write_config(config, crm, extra="")
+    write_config(config, crm)
     config.write_text(config.read_text().replace("deadline: 1.0", "deadline: 2.0"))
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server = ServeProcess(config, tmp_path / "serve.log")
     try:
-        url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+            await server.wait_ready(session)
             params = {"email": "ada@example.com", "api_token": TOKEN}
-            request = asyncio.ensure_future(session.get(f"{url}/profile", params=params))
+            request = asyncio.ensure_future(session.get(f"{server.url}/profile", params=params))
             await asyncio.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
+            server.proc.send_signal(signal.SIGTERM)
             response = await request
             body = await response.json()
             response.release()
-        assert response.status == 200
-        assert body["crm_plan_name"] == "Pro"
-        assert process.wait(10) == 0
+        exit_code = server.proc.wait(10)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        server.stop()
+    assert response.status == 200
+    assert body["crm_plan_name"] == "Pro"
+    assert exit_code == 0

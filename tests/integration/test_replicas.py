@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from redis.asyncio import Redis
 
 from aggregator.keys import STORE
 from tests.support.proxy import TOKEN, running_proxy, settings_from
-from tests.support.redis_server import free_port
+from tests.support.serve import ServeProcess
 from tests.support.upstreams import FakeCrm, start_crm
 
-ROOT = Path(__file__).resolve().parents[2]
 EMAIL = "cold.customer@example.com"
-SERVE = (sys.executable, "-m", "aggregator", "serve")
 
 
 def write_config(path: Path, redis_url: str, namespace: str, crms: dict[str, FakeCrm]) -> Path:
@@ -43,61 +36,13 @@ def write_config(path: Path, redis_url: str, namespace: str, crms: dict[str, Fak
     return path
 
 
-class Replica:
-    """One ``python -m aggregator serve`` process on its own port."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = log.open("wb")
-        self.proc = subprocess.Popen(
-            [*SERVE, "--config", str(config), "--port", str(self.port)],
-            cwd=ROOT,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 20.0) -> None:
-        """Wait until /healthz answers; fail with the process's output if it dies or hangs."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"replica exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                async with session.get(f"{self.url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        pytest.fail(f"replica did not answer /healthz within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        """Everything the process wrote so far."""
-        self._log_file.flush()
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log_file.close()
-
-
 @contextmanager
-def replicas(config: Path, logs: Path, count: int) -> Iterator[list[Replica]]:
+def replicas(config: Path, logs: Path, count: int) -> Iterator[list[ServeProcess]]:
     """``count`` serve processes on the same config, stopped on exit whatever happens."""
-    started: list[Replica] = []
+    started: list[ServeProcess] = []
     try:
         for index in range(count):
-            started.append(Replica(config, logs / f"replica-{index}.log"))
+            started.append(ServeProcess(config, logs / f"replica-{index}.log"))
         yield started
     finally:
         for replica in started:
@@ -127,7 +72,7 @@ async def test_two_serve_processes_share_one_fan_out_per_email(
             await first.wait_ready(session)
             await second.wait_ready(session)
 
-            async def ask(replica: Replica) -> tuple[int, dict[str, Any]]:
+            async def ask(replica: ServeProcess) -> tuple[int, dict[str, Any]]:
                 params = {"email": EMAIL, "api_token": TOKEN}
                 async with session.get(f"{replica.url}/profile", params=params) as response:
                     return response.status, await response.json(content_type=None)

@@ -1,0 +1,69 @@
+"""A real ``python -m aggregator serve`` process on its own port, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = (sys.executable, "-m", "aggregator", "serve")
+
+
+class ServeProcess:
+    """``aggregator serve --config CONFIG`` on a free port, its output kept in ``log``."""
+
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            [*SERVE, "--config", str(config), "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 20.0) -> None:
+        """Wait until /healthz answers; fail with the process's output if it dies or hangs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                async with session.get(f"{self.url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        pytest.fail(f"serve did not answer /healthz within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Everything the process wrote so far."""
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log_file.close()
+        return self.proc.returncode
