@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -24,6 +24,7 @@ INCOMPLETE_FRESH_SECONDS = 10.0
 DEADLINE_MARGIN = 0.05
 LOCK_POLL_SECONDS = 0.01
 NO_OUTCOMES: tuple[FetchOutcome, ...] = ()
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -98,17 +99,23 @@ class ProfileService:
         return entry.body
 
     def _revalidate(self, email: str) -> None:
-        if email in self._revalidating:
-            return
-        task = asyncio.ensure_future(self.store.revalidate(email, time.time()))
-        self._revalidating[email] = task
+        if email not in self._revalidating:
+            self._track(self._revalidating, email, self.store.revalidate(email, time.time()))
+
+    def _track(
+        self, registry: dict[str, asyncio.Future[Any]], email: str, work: Coroutine[Any, Any, T]
+    ) -> asyncio.Future[T]:
+        """Run ``work`` as a task listed under ``email`` in ``registry`` until it ends."""
+        task = asyncio.ensure_future(work)
+        registry[email] = task
         self._background.add(task)
 
-        def _done(_: asyncio.Future[None]) -> None:
-            self._revalidating.pop(email, None)
+        def _done(_: asyncio.Future[T]) -> None:
+            registry.pop(email, None)
             self._background.discard(task)
 
         task.add_done_callback(_done)
+        return task
 
     async def get(self, email: str) -> ProfileAnswer:
         """The profile of a normalized email, honoring the cache policy."""
@@ -164,18 +171,9 @@ class ProfileService:
         await asyncio.gather(*self._background, return_exceptions=True)
 
     def _refresh_in_background(self, email: str, entry: CacheEntry) -> None:
-        if email in self._refreshing:
-            return
-        task = asyncio.ensure_future(self._load(email, entry))
-        self._refreshing[email] = task
-        self._background.add(task)
-
-        def _done(_: asyncio.Future[ProfileAnswer]) -> None:
-            self._refreshing.pop(email, None)
-            self._background.discard(task)
-
-        task.add_done_callback(_done)
-        task.add_done_callback(_consume_exception)
+        if email not in self._refreshing:
+            task = self._track(self._refreshing, email, self._load(email, entry))
+            task.add_done_callback(_consume_exception)
 
     def _start_load(
         self,
@@ -185,16 +183,8 @@ class ProfileService:
         *,
         read_cache: bool = False,
     ) -> asyncio.Future[ProfileAnswer]:
-        task = asyncio.ensure_future(self._load(email, entry, deadline, read_cache=read_cache))
-        self._inflight[email] = task
-        self._background.add(task)
-
-        def _done(_: asyncio.Future[ProfileAnswer]) -> None:
-            self._inflight.pop(email, None)
-            self._background.discard(task)
-
-        task.add_done_callback(_done)
-        return task
+        work = self._load(email, entry, deadline, read_cache=read_cache)
+        return self._track(self._inflight, email, work)
 
     async def _load(
         self,
