@@ -19,13 +19,11 @@ from aggregator.cache import ProfileStore
 from aggregator.config import Settings
 from aggregator.keys import (
     CACHE_STATE,
-    CONFIG,
     HTTP_SESSION,
     METRICS,
     OUTCOMES,
     RELOADER,
     SERVICE,
-    STORE,
     TOKENS,
 )
 from aggregator.logs import install_redactor
@@ -179,11 +177,9 @@ def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     store = build_store(settings)
     connectors = build_connectors(settings)
-    app[CONFIG] = settings
     app[TOKENS] = [t.get_secret_value().encode() for t in settings.auth.api_tokens]
     app[RELOADER] = []
     app[METRICS] = metrics
-    app[STORE] = store
     app[SERVICE] = ProfileService(settings, connectors, store, metrics)
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_cache)

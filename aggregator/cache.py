@@ -119,10 +119,6 @@ class LruCache(Generic[K, V]):
         """Drop a key if present."""
         self._data.pop(key, None)
 
-    def clear(self) -> None:
-        """Drop everything."""
-        self._data.clear()
-
     def __len__(self) -> int:
         return len(self._data)
 
@@ -187,11 +183,6 @@ class RedisBackend:
         self.last_error = None
         self.breaker.record_success()
         return True, result
-
-    async def get(self, key: str) -> bytes | None:
-        """The raw value, or None when absent or Redis is unusable."""
-        _ok, value = await self.fetch(key)
-        return value
 
     async def fetch(self, key: str) -> tuple[bool, bytes | None]:
         """(whether Redis answered, the raw value or None)."""
@@ -269,11 +260,6 @@ class ProfileStore:
         self.near_ttl = near_ttl
         self.near: LruCache[str, tuple[float, CacheEntry]] = LruCache(max_entries)
 
-    @property
-    def kind(self) -> str:
-        """ "memory" or "redis", for logs and readiness."""
-        return "memory" if self.remote is None else "redis"
-
     def profile_key(self, email: str) -> str:
         """Cache key of one email's profile."""
         return f"{self.namespace}:profile:{hash_email(email)}"
@@ -349,11 +335,6 @@ class ProfileStore:
             return True
         key = self.profile_key(email)
         return await self.remote.set(key, entry.encode(), entry.stale_until - now)
-
-    async def put(self, email: str, entry: CacheEntry, now: float) -> None:
-        """Keep an entry here and in Redis."""
-        self.keep_near(email, entry, now)
-        await self.put_shared(email, entry, now)
 
     async def delete(self, email: str) -> bool:
         """Drop one email's profile everywhere we can; False if Redis could not be reached."""

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from liquid import Environment
-from liquid.exceptions import LiquidError
 
 from aggregator.merge import RESERVED_KEYS
 
@@ -45,12 +44,3 @@ def render_sidebar(template: str, profile: Mapping[str, Any], email: str) -> str
     """Render a Custom Profile template as Groove would: our keys, overridden by Groove's."""
     context = {**profile, **groove_keys(email)}
     return _ENV.from_string(template).render(**context)
-
-
-def template_error(template: str) -> str | None:
-    """A readable message when the template does not parse, else None."""
-    try:
-        _ENV.from_string(template)
-    except LiquidError as exc:
-        return str(exc)
-    return None

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from aggregator.cache import ProfileStore
-from aggregator.config import Settings
 from aggregator.metrics import Metrics
 from aggregator.service import ProfileService
 from connectors.base import FetchOutcome
@@ -16,10 +14,8 @@ from connectors.base import FetchOutcome
 if TYPE_CHECKING:
     from aggregator.reload import Reloader
 
-CONFIG = web.AppKey("config", Settings)
 TOKENS = web.AppKey("tokens", list[bytes])
 METRICS = web.AppKey("metrics", Metrics)
-STORE = web.AppKey("store", ProfileStore)
 SERVICE = web.AppKey("service", ProfileService)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 RELOADER = web.AppKey("reloader", list["Reloader"])
