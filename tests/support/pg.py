@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from aggregator.samples.database import answers
+
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 EMBEDDED_ENV = "AGGREGATOR_TEST_EMBEDDED"
 
@@ -66,15 +68,6 @@ def with_server_settings(dsn: str, **settings: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-async def _answers(dsn: str) -> bool:
-    try:
-        conn = await asyncpg.connect(dsn, timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-        return False
-    await conn.close()
-    return True
-
-
 def _import_pgserver() -> Any:
     # platformdirs warns at import when XDG_RUNTIME_DIR is unset; the fallback is fine.
     with warnings.catch_warnings():
@@ -91,7 +84,7 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url and not embedded:
         yield url
         return
-    if not embedded and asyncio.run(_answers(LOCAL_DSN)):
+    if not embedded and asyncio.run(answers(LOCAL_DSN)):
         yield LOCAL_DSN
         return
     pgserver = _import_pgserver()
