@@ -17,7 +17,7 @@ import orjson
 from aggregator.app import build_connectors, build_store, create_app
 from aggregator.cache import ProfileStore
 from aggregator.config import Settings, load_settings
-from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.emails import InvalidEmail, normalize_email, parse_email
 from aggregator.errors import ConfigError, ConnectorError
 from aggregator.groove import render_sidebar
 from aggregator.logs import setup_logging
@@ -176,7 +176,7 @@ async def check(settings: Settings) -> int:
 async def preview(settings: Settings, raw_email: str, template_text: str | None) -> int:
     """Fetch one profile now and print it, each connector's outcome, and the rendered template."""
     try:
-        email = normalize_email(raw_email)
+        email = parse_email(raw_email)
     except InvalidEmail as exc:
         print(f"aggregator: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,40 @@ class InvalidEmail(ValueError):
     """The email is missing, too long or not an address; the message says which."""
 
 
+class Email(str):
+    """A normalized email that also remembers how the caller wrote it.
+
+    It *is* the normalized string (cache keys, single-flight, SQL parameters all use
+    that); ``as_sent`` is the address as Groove sent it, trimmed, for upstreams that
+    match emails case-sensitively (Stripe's ``GET /v1/customers?email=``).
+    """
+
+    as_sent: str
+
+    def __new__(cls, normalized: str, as_sent: str | None = None) -> Email:
+        """``normalized`` as the value; ``as_sent`` defaults to it."""
+        email = super().__new__(cls, normalized)
+        email.as_sent = normalized if as_sent is None else as_sent
+        return email
+
+
+def as_sent(email: str) -> str:
+    """The address as the caller wrote it when known, else ``email`` itself."""
+    return email.as_sent if isinstance(email, Email) else email
+
+
+def parse_email(raw: str | None) -> Email:
+    """Normalize and validate ``raw`` (InvalidEmail if unusable), keeping how it was written."""
+    return remember_as_sent(normalize_email(raw), raw)
+
+
+def remember_as_sent(normalized: str, raw: str | None) -> Email:
+    """``normalized`` (the output of normalize_email for ``raw``) carrying ``raw`` as written."""
+    written = _fix_plus((raw or "").strip())
+    # Only a spelling of the same address is kept: anything else is not what was looked up.
+    return Email(normalized, written if written.lower() == normalized else normalized)
+
+
 def normalize_email(raw: str | None) -> str:
     """Trim and lower-case; a space in the local part was a literal ``+`` the caller forgot
     to percent-encode. Raise InvalidEmail when the result is not a plausible address."""
@@ -33,16 +67,22 @@ def _normalize_cached(raw: str) -> str:
     return _normalize(raw)
 
 
+def _fix_plus(email: str) -> str:
+    """A space in the local part was a ``+`` the caller forgot to percent-encode."""
+    local, sep, domain = email.rpartition("@")
+    if sep and " " in local:
+        return local.replace(" ", "+") + "@" + domain
+    return email
+
+
 def _normalize(raw: str) -> str:
     email = raw.strip().lower()
     if not email:
         raise InvalidEmail("the email parameter is empty")
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidEmail(f"the email is longer than {MAX_EMAIL_LENGTH} characters")
-    local, sep, domain = email.rpartition("@")
-    if sep and " " in local:
-        email = local.replace(" ", "+") + "@" + domain
-        local = email.rpartition("@")[0]
+    email = _fix_plus(email)
+    local = email.rpartition("@")[0]
     if not _ADDRESS.match(email) or len(local) > MAX_LOCAL_LENGTH:
         raise InvalidEmail("the email is not a valid address")
     return email

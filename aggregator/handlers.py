@@ -8,7 +8,7 @@ import time
 import orjson
 from aiohttp import web
 
-from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.emails import InvalidEmail, normalize_email, remember_as_sent
 from aggregator.keys import CACHE_STATE, METRICS, OUTCOMES, SERVICE, TOKENS
 
 JSON = "application/json"
@@ -53,7 +53,7 @@ async def profile(request: web.Request) -> web.Response:
         app[METRICS].cached_hit(time.perf_counter() - started)
         request[CACHE_STATE] = "hit"
         return web.Response(body=body, content_type=JSON)
-    answer = await service.get(email)
+    answer = await service.get(remember_as_sent(email, request.rel_url.query.get("email")))
     request[CACHE_STATE] = answer.cache
     request[OUTCOMES] = tuple(answer.outcomes)
     metrics = app[METRICS]

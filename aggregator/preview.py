@@ -20,7 +20,7 @@ from aiohttp import web
 from liquid.exceptions import LiquidError
 
 from aggregator.cache import CacheEntry
-from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.emails import InvalidEmail, parse_email
 from aggregator.groove import render_sidebar
 from aggregator.handlers import JSON, json_error, token_matches
 from aggregator.keys import SERVICE, TOKENS
@@ -98,7 +98,7 @@ async def api(request: web.Request) -> web.Response:
     if not token_matches(token, request.app[TOKENS]):
         return json_error(401, "missing or invalid api_token")
     try:
-        email = normalize_email(form.get("email"))
+        email = parse_email(form.get("email"))
     except InvalidEmail as exc:
         return json_error(400, str(exc))
     template = form.get("template", sample_template())
