@@ -19,6 +19,7 @@ from aggregator.demo import Demo, start_demo
 from aggregator.samples import SAMPLE_EMAILS
 from aggregator.samples.database import open_sample_database
 from aggregator.samples.stripe_api import start_fake_stripe
+from tests.support.net import free_port
 
 META = {"profile_complete", "profile_fetched_at", "profile_cached", "profile_stale"}
 
@@ -172,18 +173,11 @@ async def test_seeding_creates_tables_only_in_the_demo_schema(postgres_dsn: str)
     assert {"aggregator_demo.accounts", "aggregator_demo.invoices"} <= after
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 async def test_command_prints_a_working_curl_line_and_stops_on_a_signal(
     postgres_dsn: str, stop_signal: signal.Signals
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": postgres_dsn, "PYTHONUNBUFFERED": "1"}
     process = await asyncio.create_subprocess_exec(
         sys.executable,

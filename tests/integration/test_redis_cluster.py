@@ -18,9 +18,9 @@ from redis.asyncio import RedisCluster
 
 from aggregator.app import build_store
 from aggregator.config import Settings
+from tests.support.net import free_port
 from tests.support.proxy import TOKEN, Proxy, running_proxy, settings_from
 from tests.support.redis_cluster import RedisClusterProcesses
-from tests.support.redis_server import free_port
 from tests.support.upstreams import FakeCrm
 
 pytestmark = pytest.mark.asyncio
