@@ -16,8 +16,8 @@ import orjson
 import pytest
 from redis.asyncio import RedisCluster
 
-from aggregator.app import build_store
 from aggregator.config import Settings
+from aggregator.runtime import build_store
 from tests.support.net import free_port
 from tests.support.proxy import TOKEN, Proxy, running_proxy, settings_from
 from tests.support.redis_cluster import RedisClusterProcesses
@@ -144,7 +144,9 @@ async def test_answer_is_stored_under_a_hashed_key(
     assert b"bob@example.com" not in raw
 
 
-async def test_unreachable_cluster_answers_uncached_and_not_ready(crm: FakeCrm) -> None:
+async def test_unreachable_cluster_answers_uncached_and_ready_says_degraded(
+    crm: FakeCrm,
+) -> None:
     nobody = f"redis+cluster://127.0.0.1:{free_port()}/0"
     async with running_proxy(cluster_settings(crm, nobody)) as proxy:
         answers = await asyncio.gather(*(proxy.profile("ada@example.com") for _ in range(5)))
@@ -152,4 +154,5 @@ async def test_unreachable_cluster_answers_uncached_and_not_ready(crm: FakeCrm) 
     assert all(status == 200 for status, _ in answers)
     assert all(body["crm_plan_name"] == "Pro" for _, body in answers)
     assert all(body["profile_cached"] is False for _, body in answers)
-    assert ready == 503, text
+    assert ready == 200, text
+    assert orjson.loads(text)["cache"]["degraded"] is True

@@ -15,7 +15,8 @@ import pytest
 
 from aggregator import reload as reload_module
 from aggregator.config import load_settings
-from aggregator.keys import RELOADER, SERVICE
+from aggregator.keys import SERVICE
+from aggregator.reload import RELOADER
 from tests.support.proxy import TOKEN, running_proxy
 from tests.support.serve import ServeProcess
 from tests.support.upstreams import FakeCrm
@@ -57,7 +58,7 @@ async def test_changed_connector_is_rebuilt_and_the_others_kept(
         service = proxy.app[SERVICE]
         crm_before, crm2_before = service.connectors
         write_config(config, crm, fields='fields: {tier: "plan.name"}')
-        assert await proxy.app[RELOADER][0].reload()
+        assert await proxy.app[RELOADER].reload()
         await asyncio.sleep(0.1)
         _, after = await proxy.profile("ada@example.com")
         crm_after, crm2_after = service.connectors
@@ -76,7 +77,7 @@ async def test_invalid_new_config_is_refused_and_the_running_one_stays(
     async with running_proxy(load_settings(config)) as proxy:
         write_config(config, crm, fields="timeout: soon")
         with caplog.at_level(logging.ERROR, logger="aggregator.reload"):
-            assert not await proxy.app[RELOADER][0].reload()
+            assert not await proxy.app[RELOADER].reload()
         status, body = await proxy.profile("ada@example.com")
     assert status == 200
     assert body["crm_plan_name"] == "Pro"
@@ -88,7 +89,7 @@ async def test_new_tokens_apply_after_reload(crm: FakeCrm, tmp_path: Path) -> No
     write_config(config, crm)
     async with running_proxy(load_settings(config)) as proxy:
         config.write_text(config.read_text().replace(TOKEN, "rotated-token-0123456789"))
-        assert await proxy.app[RELOADER][0].reload()
+        assert await proxy.app[RELOADER].reload()
         old, _ = await proxy.profile("ada@example.com")
         new, _ = await proxy.profile("ada@example.com", token="rotated-token-0123456789")
     assert (old, new) == (401, 200)

@@ -7,9 +7,11 @@ import logging
 import re
 import time
 
+import orjson
 import pytest
 
 from tests.support.proxy import TOKEN, running_proxy, settings_from
+from tests.support.redis_server import RedisProcess
 from tests.support.upstreams import FakeCrm
 
 pytestmark = pytest.mark.asyncio
@@ -248,27 +250,29 @@ async def test_a_failing_connector_keeps_its_last_good_fields(
     assert body["profile_stale"] is True
 
 
-async def test_redis_down_answers_uncached_and_readyz_says_so(
-    crm: FakeCrm, redis_process: object
+async def test_redis_down_answers_uncached_and_readyz_says_degraded(
+    crm: FakeCrm, redis_process: RedisProcess
 ) -> None:
-    from tests.support.redis_server import RedisProcess
-
-    assert isinstance(redis_process, RedisProcess)
     settings = settings_from({"crm": crm_connector(crm)}, cache_url=redis_process.url)
     async with running_proxy(settings) as proxy:
-        ready_status, _ = await proxy.get("/readyz")
+        ready_status, ready_body = await proxy.get("/readyz")
         redis_process.stop()
         status, body = await proxy.profile("ada@example.com")
         down_status, down_body = await proxy.get("/readyz")
         redis_process.start()
-        await asyncio.sleep(1.1)
-        back_status, _ = await proxy.get("/readyz")
-    assert ready_status == 200
+        back_status, back_body = await proxy.get("/readyz")
+    assert (ready_status, down_status, back_status) == (200, 200, 200)
+    assert orjson.loads(ready_body)["status"] == "ok"
     assert status == 200
     assert body["crm_plan_name"] == "Pro"
-    assert down_status == 503
-    assert "redis" in down_body
-    assert back_status == 200
+    down = orjson.loads(down_body)
+    assert down["status"] == "degraded"
+    assert down["cache"]["ok"] is False
+    assert down["cache"]["degraded"] is True
+    assert "redis unreachable" in down["cache"]["detail"]
+    assert down["config"]["ok"] is True
+    assert "crm" in down["connectors"]
+    assert orjson.loads(back_body)["cache"] == {"ok": True, "degraded": False, "detail": "redis ok"}
 
 
 async def test_health_and_metrics(crm: FakeCrm) -> None:
