@@ -275,6 +275,30 @@ async def test_redis_down_answers_uncached_and_readyz_says_degraded(
     assert orjson.loads(back_body)["cache"] == {"ok": True, "degraded": False, "detail": "redis ok"}
 
 
+async def test_after_a_redis_restart_replicas_reconnect_and_share_again(
+    crm: FakeCrm, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both replicas hold pooled connections that the restart kills: the first command of
+    # each must go through on a fresh connection, so the second replica reads what the
+    # first one fetched, and nobody reports Redis as unavailable.
+    settings = settings_from(
+        {"crm": crm_connector(crm)}, cache_url=redis_process.url, cache={"near_ttl": 0}
+    )
+    async with running_proxy(settings) as first, running_proxy(settings) as second:
+        await first.profile("bob@example.com")
+        await second.profile("bob@example.com")
+        redis_process.stop()
+        redis_process.start()
+        with caplog.at_level(logging.WARNING, logger="aggregator.cache"):
+            _, fetched = await first.profile("ada@example.com")
+            _, shared = await second.profile("ada@example.com")
+    assert fetched["profile_cached"] is False
+    assert shared["profile_cached"] is True
+    assert shared["crm_plan_name"] == "Pro"
+    assert crm.calls["ada@example.com"] == 1
+    assert "redis unavailable" not in caplog.text
+
+
 async def test_health_and_metrics(crm: FakeCrm) -> None:
     async with running_proxy(settings_from({"crm": crm_connector(crm)})) as proxy:
         await proxy.profile("ada@example.com")
