@@ -182,7 +182,7 @@ class LiveRuntime:
         self.session = session
         self._switch = switch
         self._current: tuple[Runtime, AsyncExitStack] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], AsyncExitStack] = {}
 
     @property
     def runtime(self) -> Runtime:
@@ -199,20 +199,21 @@ class LiveRuntime:
         self._switch(runtime)
         if previous is not None:
             task = asyncio.ensure_future(_close_after(previous[1], grace))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[task] = previous[1]
+            task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def close(self) -> None:
         """Close retired runtimes now, then the serving one."""
-        for task in list(self._retiring):
+        retiring = dict(self._retiring)
+        for task in retiring:
             task.cancel()
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*retiring, return_exceptions=True)
+        for stack in retiring.values():
+            await stack.aclose()  # a no-op for a stack its task already closed
         if self._current is not None:
             await self._current[1].aclose()
 
 
 async def _close_after(stack: AsyncExitStack, grace: float) -> None:
-    try:
-        await asyncio.sleep(grace)
-    finally:
-        await stack.aclose()
+    await asyncio.sleep(grace)
+    await stack.aclose()

@@ -57,8 +57,8 @@ class ProfileService:
         self.runtime = runtime
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self._loads: KeyedTasks[str, ProfileAnswer] = KeyedTasks("profile load")
-        self._refreshes: KeyedTasks[str, None] = KeyedTasks("background refresh")
+        self.loads: KeyedTasks[str, ProfileAnswer] = KeyedTasks("profile load")
+        self.refreshes: KeyedTasks[str, None] = KeyedTasks("background refresh")
 
     @property
     def settings(self) -> Settings:
@@ -98,7 +98,7 @@ class ProfileService:
             return self._answered(runtime, email, near)
         # One task per email reads the shared cache and, if need be, fetches: N concurrent
         # requests for one email cost one Redis read and one fan-out.
-        task = self._loads.start(email, lambda: self._answer(runtime, email, deadline))
+        task = self.loads.start(email, lambda: self._answer(runtime, email, deadline))
         return await asyncio.shield(task)
 
     async def preview(self, email: str) -> ProfileAnswer:
@@ -117,8 +117,8 @@ class ProfileService:
 
     async def close(self) -> None:
         """Cancel background refreshes and loads still running."""
-        await self._refreshes.cancel()
-        await self._loads.cancel()
+        await self.refreshes.cancel()
+        await self.loads.cancel()
 
     def _deadline(self, runtime: Runtime) -> float:
         loop = asyncio.get_running_loop()
@@ -134,7 +134,7 @@ class ProfileService:
         if lookup.cache == "hit" or lookup.cache == "refresh":
             self.metrics.cache.labels(lookup.cache).inc()
             if lookup.cache == "refresh":
-                self._refreshes.start(email, lambda: self._refresh(runtime, email))
+                self.refreshes.start(email, lambda: self._refresh(runtime, email))
             return ProfileAnswer(lookup.entry.body, lookup.cache)
         self.metrics.cache.labels("miss").inc()
         if isinstance(lookup.loaded, ProfileAnswer):

@@ -97,7 +97,8 @@ class ProfileStore:
         self.near_ttl = settings.near_ttl if self.backend.shared else math.inf
         self.near = NearCache(settings.max_entries, settings.max_bytes)
         self._purges: dict[str, float] = {}
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
+        self._writing: dict[str, asyncio.Future[None]] = {}
 
     @property
     def namespace(self) -> str:
@@ -236,6 +237,10 @@ class ProfileStore:
     ) -> Lookup[T]:
         loop = asyncio.get_running_loop()
         lock_key = self.keys.lock(email)
+        writing = self._writing.get(key)
+        if writing is not None:
+            # Our own last load of this email still holds the lock while it writes.
+            await asyncio.wait({writing})
         lock_ttl = max(0.0, deadline - loop.time()) + LOCK_MARGIN_SECONDS
         token = await self.backend.lock(lock_key, lock_ttl)
         if token is None:
@@ -246,17 +251,17 @@ class ProfileStore:
         try:
             loaded = await load(self.policy.fallback(newest, now))
         except BaseException:
-            self._later(self.backend.unlock(lock_key, token))
+            self._later(self.backend.unlock(lock_key, token), key)
             raise
         entry = self.policy.entry(
             loaded.body, loaded.sources, complete=loaded.complete, fetched_at=loaded.fetched_at
         )
         if self._purges.get(key, -math.inf) >= now:
             # Purged while this was loading: the answer goes out, nothing of it is kept.
-            self._later(self.backend.unlock(lock_key, token))
+            self._later(self.backend.unlock(lock_key, token), key)
         else:
             self.near.put(email, key, entry, entry.fetched_at + self.near_ttl)
-            self._later(self._write(key, entry, now, lock_key, token))
+            self._later(self._write(key, entry, now, lock_key, token), key)
         return Lookup(entry, "miss", loaded.result)
 
     async def _wait_for_other_replica(
@@ -288,10 +293,18 @@ class ProfileStore:
         await self.backend.set(key, entry.encode(), ttl, unless_purged_after=started)
         await self.backend.unlock(lock_key, token)
 
-    def _later(self, work: Awaitable[None]) -> None:
+    def _later(self, work: Awaitable[None], key: str) -> None:
+        """Run ``work`` (writing, unlocking) after the answer; our next load of ``key`` waits."""
         task = asyncio.ensure_future(work)
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._writing[key] = task
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._writes.discard(task)
+            if self._writing.get(key) is task:
+                del self._writing[key]
+
+        task.add_done_callback(done)
 
     def _heard_purge(self, key: str, at: float) -> None:
         """A purge of ``key`` (here or announced by another replica): drop the near copy."""

@@ -45,6 +45,10 @@ class KeyedTasks(Generic[K, T]):
     def __len__(self) -> int:
         return len(self._running)
 
+    async def join(self) -> None:
+        """Wait until the tasks running now have ended, however they end."""
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
     async def cancel(self) -> None:
         """Cancel every running task and wait until they have ended."""
         tasks = list(self._running.values())
