@@ -147,7 +147,9 @@ async def test_purge_drops_the_cached_profile(
     try:
         pattern = f"{cache_namespace}:*:profile:{hash_email('ada@example.com')}"
         (key,) = await client.keys(pattern)
-        assert b"Pro" in await client.get(key)
+        stored = await client.get(key)
+        assert isinstance(stored, bytes)
+        assert b"Pro" in stored
         code, out, _ = await aggregator("purge", "ADA@example.com", "--config", str(config))
         assert code == 0
         assert "purged" in out
