@@ -160,7 +160,8 @@ class CacheSettings(BaseModel):
     near_ttl: float = Field(
         default=1.0,
         ge=0,
-        description="Seconds an in-process copy in front of Redis stays; 0 = none.",
+        description="Seconds an in-process copy in front of Redis answers on its own "
+        "before Redis is asked again; 0 = every answer reads Redis.",
     )
     namespace: str = Field(
         default="aggregator", description="Prefix of every cache key ([a-z0-9_-]+)."
