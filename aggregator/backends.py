@@ -273,6 +273,8 @@ class RedisBackend:
             while True:
                 pubsub = client.pubsub()
                 try:
+                    if isinstance(client, RedisCluster):
+                        await client.initialize()  # pub/sub needs the slot map first
                     await pubsub.subscribe(self.channel)
                     if heard_before:
                         on_gap()
@@ -285,6 +287,8 @@ class RedisBackend:
                             _dispatch(message.get("data"), on_purge)
                 except REDIS_FAILURES as exc:
                     log.debug("purge announcements interrupted (%s)", type(exc).__name__)
+                except Exception as exc:  # the listener must outlive a surprise
+                    log.warning("purge announcements failed (%s)", type(exc).__name__)
                 finally:
                     with contextlib.suppress(*REDIS_FAILURES):
                         await pubsub.reset()

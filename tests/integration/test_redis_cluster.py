@@ -107,6 +107,29 @@ async def test_purge_drops_the_profile_for_every_replica(
     assert crm.calls["ada@example.com"] == 2
 
 
+async def test_a_purge_announcement_reaches_the_other_replica_through_the_cluster(
+    crm: FakeCrm, redis_cluster_url: str
+) -> None:
+    # near_ttl is long: only the announcement can make the other replica drop its copy.
+    settings = cluster_settings(crm, redis_cluster_url, near_ttl=300)
+    async with AsyncExitStack() as stack:
+        first, second = await replicas(settings, 2, stack)
+        await first.profile("ada@example.com")
+        await second.profile("ada@example.com")
+        crm.contacts["ada@example.com"]["plan"] = {"name": "Enterprise"}
+        params = {"email": "ada@example.com", "api_token": TOKEN}
+        async with first.session.post(f"{first.url}/profile/purge", params=params) as response:
+            assert response.status == 200
+        seen = []
+        for _ in range(100):
+            _, body = await second.profile("ada@example.com")
+            seen.append(body["crm_plan_name"])
+            if seen[-1] == "Enterprise":
+                break
+            await asyncio.sleep(0.02)
+    assert seen[-1] == "Enterprise", seen
+
+
 async def test_readyz_reports_the_cluster_usable(crm: FakeCrm, redis_cluster_url: str) -> None:
     async with running_proxy(cluster_settings(crm, redis_cluster_url)) as proxy:
         status, text = await proxy.get("/readyz")
