@@ -69,10 +69,6 @@ class Leases:
         except Exception as exc:  # closing must go on for the other parts
             log.warning("closing %s: %s", name, type(exc).__name__)
 
-    def held(self, part: object) -> int:
-        """How many opened runtimes hold ``part``."""
-        return self._holders.get(part, 0)
-
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Runtime:

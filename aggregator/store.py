@@ -110,14 +110,6 @@ class ProfileStore:
         """Whether copies are shared with other replicas (Redis) or kept in-process only."""
         return self.backend.shared
 
-    def profile_key(self, email: str) -> str:
-        """Cache key of one email's profile."""
-        return self.keys.profile(email)
-
-    def lock_key(self, email: str) -> str:
-        """Key of the cross-replica fetch lock of one email."""
-        return self.keys.lock(email)
-
     def answer_near(self, email: str, now: float) -> Lookup[None] | None:
         """A fresh or refresh-ahead in-process copy that may answer alone, without any I/O."""
         copy = self.near.get(email, now)

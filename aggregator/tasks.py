@@ -42,9 +42,6 @@ class KeyedTasks(Generic[K, T]):
     def __contains__(self, key: object) -> bool:
         return key in self._running
 
-    def __len__(self) -> int:
-        return len(self._running)
-
     async def join(self) -> None:
         """Wait until the tasks running now have ended, however they end."""
         await asyncio.gather(*self._running.values(), return_exceptions=True)

@@ -65,8 +65,8 @@ async def test_profile_cached_by_one_replica_is_served_by_another(
     assert cached["profile_fetched_at"] == fetched["profile_fetched_at"]
     assert crm.calls["ada@example.com"] == 1
     store = build_store(settings)
-    assert await cluster_client.exists(store.profile_key("ada@example.com")) == 1
-    assert await cluster_client.exists(store.lock_key("ada@example.com")) == 0, "lock left behind"
+    assert await cluster_client.exists(store.keys.profile("ada@example.com")) == 1
+    assert await cluster_client.exists(store.keys.lock("ada@example.com")) == 0, "lock left behind"
 
 
 async def test_single_flight_across_replicas_through_the_cluster(
@@ -160,7 +160,7 @@ async def test_answer_is_stored_under_a_hashed_key(
     settings = cluster_settings(crm, redis_cluster_url)
     async with running_proxy(settings) as proxy:
         await proxy.profile("bob@example.com")
-    raw = await cluster_client.get(build_store(settings).profile_key("bob@example.com"))
+    raw = await cluster_client.get(build_store(settings).keys.profile("bob@example.com"))
     assert isinstance(raw, bytes)
     body = orjson.loads(raw.partition(b"\n")[2])
     assert body["crm_plan_name"] == "Free"

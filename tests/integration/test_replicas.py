@@ -112,7 +112,7 @@ async def test_a_lock_left_by_a_dead_replica_does_not_cost_the_answer_its_fields
             {"crm": connector}, cache_url=redis_url, cache={"namespace": cache_namespace}
         )
         async with running_proxy(settings) as proxy:
-            lock_key = proxy.app[SERVICE].store.lock_key(EMAIL)
+            lock_key = proxy.app[SERVICE].store.keys.lock(EMAIL)
             client = Redis.from_url(redis_url)
             try:
                 await client.set(lock_key, "token-of-a-dead-replica", px=30_000)
