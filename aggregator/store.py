@@ -61,8 +61,10 @@ UNREACHABLE = _Unreachable()
 
 @dataclass(slots=True)
 class Loaded(Generic[T]):
-    """What a load produced: the body the cache will answer, its sources, and the caller's own
-    result (answered to the request that caused the load)."""
+    """What a load produced: the body to cache, its sources, and the loader's own result.
+
+    ``result`` goes back, untouched, to the caller whose request caused the load.
+    """
 
     body: bytes
     sources: dict[str, SourceSnapshot]
