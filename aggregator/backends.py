@@ -100,7 +100,8 @@ class Backend(Protocol):
         """Release a lock if it is still ours."""
 
     async def open(self, on_purge: OnPurge, on_gap: Callable[[], None]) -> None:
-        """Start hearing purges from other replicas (``on_gap``: some may have been missed)."""
+        """Start hearing purges from other replicas; ``on_gap`` whenever some may have been
+        missed (each time listening starts or resumes)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -268,7 +269,6 @@ class RedisBackend:
         # A client of its own: reads block up to LISTEN_SECONDS, and a lost connection
         # must surface here (no silent retry) so that missed announcements are made up for.
         client = _client(self.url, self.timeout, read_timeout=None, retries=0)
-        heard_before = False
         try:
             while True:
                 pubsub = client.pubsub()
@@ -276,9 +276,8 @@ class RedisBackend:
                     if isinstance(client, RedisCluster):
                         await client.initialize()  # pub/sub needs the slot map first
                     await pubsub.subscribe(self.channel)
-                    if heard_before:
-                        on_gap()
-                    heard_before = True
+                    # Whatever was announced before this subscription was not heard.
+                    on_gap()
                     while True:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=LISTEN_SECONDS
@@ -290,8 +289,9 @@ class RedisBackend:
                 except Exception as exc:  # the listener must outlive a surprise
                     log.warning("purge announcements failed (%s)", type(exc).__name__)
                 finally:
-                    with contextlib.suppress(*REDIS_FAILURES):
-                        await pubsub.reset()
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(self.timeout):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(RESUBSCRIBE_SECONDS)
         finally:
             with contextlib.suppress(*REDIS_FAILURES):

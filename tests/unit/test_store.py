@@ -27,6 +27,7 @@ from aggregator.config import CacheSettings
 from aggregator.store import Loaded, ProfileStore
 from tests.support.fakes import FakeClock
 from tests.support.net import free_port
+from tests.support.redis_server import RedisProcess
 
 EMAIL = "ada@example.com"
 TTL, REFRESH_AHEAD, STALE_TTL, NEAR_TTL = 60.0, 30.0, 600.0, 1.0
@@ -394,3 +395,39 @@ async def test_a_lost_announcement_makes_every_near_copy_ask_again(
     assert await answer(store, upstream) == ("hit", b'{"plan":"Pro"}')
     assert store.answer_near(EMAIL, clock()) is not None
     assert upstream.calls == 1
+
+
+async def test_announcements_resume_after_a_redis_restart(
+    redis_process: RedisProcess, cache_namespace: str
+) -> None:
+    def replica() -> ProfileStore:
+        settings = CacheSettings(url=redis_process.url, ttl=TTL, near_ttl=300)
+        return ProfileStore(settings, namespace=cache_namespace)
+
+    first, second, clock = replica(), replica(), FakeClock(T0)
+    await first.open()
+    await second.open()
+    try:
+        await answer(first, Upstream(clock))
+        await answer(second, Upstream(clock))
+        redis_process.stop()
+        redis_process.start()
+        # Announcements made while the listener was away are lost: every near copy must
+        # ask Redis again once the listener is back, and later announcements arrive.
+        for _ in range(300):
+            if second.answer_near(EMAIL, clock()) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert second.answer_near(EMAIL, clock()) is None, "near copies were not re-checked"
+        await answer(first, Upstream(clock))
+        await answer(second, Upstream(clock))
+        assert second.near.body(EMAIL, clock()) is not None
+        assert await first.purge(EMAIL, clock())
+        for _ in range(300):
+            if second.near.body(EMAIL, clock()) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert second.near.body(EMAIL, clock()) is None, "the announcement did not arrive"
+    finally:
+        await first.close()
+        await second.close()
