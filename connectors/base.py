@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 import logging
 import random
 from collections.abc import Mapping
@@ -30,6 +31,19 @@ log = logging.getLogger("aggregator.connector")
 
 Status = Literal["ok", "not_found", "timeout", "unavailable", "error"]
 FAILED: frozenset[str] = frozenset({"timeout", "unavailable", "error"})
+
+# The loop time by which the running ``_fetch`` must be done (set by ``fetch``).
+_BUDGET_END: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "connector_budget_end", default=None
+)
+
+
+def budget_left() -> float | None:
+    """Seconds left for the running ``_fetch`` (None outside ``fetch``), never negative."""
+    end = _BUDGET_END.get()
+    if end is None:
+        return None
+    return max(0.0, end - asyncio.get_running_loop().time())
 
 
 class ConnectorSettings(BaseModel):
@@ -90,15 +104,23 @@ class Connector(abc.ABC, Generic[SettingsT]):
     """
 
     settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+    # True: the connector applies ``retries``, ``rate_limit`` and ``max_concurrency`` to
+    # each upstream call itself, so ``fetch`` runs ``_fetch`` once, unthrottled.
+    manages_calls: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: SettingsT) -> None:
         self.name = name
         self.settings = settings
         self.circuit = CircuitBreaker(settings.circuit_failures, settings.circuit_reset)
+        per_fetch = not self.manages_calls
         self._semaphore = (
-            asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
+            asyncio.Semaphore(settings.max_concurrency)
+            if per_fetch and settings.max_concurrency
+            else None
         )
-        self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self._limiter = (
+            RateLimiter(settings.rate_limit) if per_fetch and settings.rate_limit else None
+        )
 
     @property
     def prefix(self) -> str:
@@ -121,13 +143,20 @@ class Connector(abc.ABC, Generic[SettingsT]):
 
     async def fetch(self, email: str, deadline: float | None = None) -> FetchOutcome:
         """Fetch under this connector's timeout and the caller's deadline; never raises."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         budget_end = started + self.settings.timeout
         if deadline is not None:
             budget_end = min(budget_end, deadline)
         if not self.circuit.allow():
             return FetchOutcome(self.name, "unavailable", None, 0.0, 0, "circuit open")
+        budget_token = _BUDGET_END.set(budget_end)
+        try:
+            return await self._attempts(email, started, budget_end)
+        finally:
+            _BUDGET_END.reset(budget_token)
+
+    async def _attempts(self, email: str, started: float, budget_end: float) -> FetchOutcome:
+        loop = asyncio.get_running_loop()
         attempts = 0
         while True:
             attempts += 1
@@ -142,7 +171,8 @@ class Connector(abc.ABC, Generic[SettingsT]):
                 return self._outcome("timeout", None, started, attempts, "timed out")
             except RetriableError as exc:
                 pause = self._backoff(attempts, exc.retry_after)
-                if attempts <= self.settings.retries and loop.time() + pause < budget_end:
+                retry = not self.manages_calls and attempts <= self.settings.retries
+                if retry and loop.time() + pause < budget_end:
                     await asyncio.sleep(pause)
                     continue
                 self.circuit.record_failure()
