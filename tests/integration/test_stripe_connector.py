@@ -23,6 +23,7 @@ What each field must say follows Stripe's API reference:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -193,6 +194,26 @@ async def test_product_names_are_asked_once_then_kept(
     assert first["plan"] == second["plan"] == "Team"
     assert rounds_cold == 3
     assert fake_stripe.requests["/v1/products"] == 1
+
+
+async def test_every_call_of_a_burst_goes_through_the_process_wide_limits(
+    fake_stripe: ScriptedStripe, objects: StripeObjects, connect: Connect
+) -> None:
+    emails = [f"user{n}@example.com" for n in range(20)]
+    for email in emails:
+        customer = objects.customer(email)
+        objects.subscription(customer, [monthly(objects, 1000, product="Team")])
+        objects.charge(customer, 1000)
+    fast = {"rate_limit": 1000, "endpoint_rate_limit": 1000}
+    first, second = await connect(**fast), await connect(**fast)
+
+    outcomes = await asyncio.gather(
+        *((first if n % 2 else second).fetch(email) for n, email in enumerate(emails))
+    )
+
+    assert [o.status for o in outcomes] == ["ok"] * 20
+    assert first.limits is second.limits
+    assert first.limits.calls == fake_stripe.total_requests
 
 
 async def test_unknown_email_is_not_found_after_one_call(

@@ -81,6 +81,8 @@ class ScriptedStripe(FakeStripe):
         self.failures: list[Failure] = []
         self.hostile_bytes_sent = 0
         self.latency = 0.0
+        self.compress = False
+        self.compressed_answers = 0
         self.arrivals: list[tuple[str, int]] = []
         self._answered = 0
 
@@ -139,7 +141,12 @@ class ScriptedStripe(FakeStripe):
     async def _inject(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         failure = next((f for f in self.failures if f.path in (None, request.path)), None)
         if failure is None:
-            return await handler(request)
+            response = await handler(request)
+            accepted = request.headers.get("Accept-Encoding", "")
+            if self.compress and "gzip" in accepted and isinstance(response, web.Response):
+                response.enable_compression(web.ContentCoding.gzip)
+                self.compressed_answers += 1
+            return response
         if failure.times is not None:
             failure.times -= 1
             if failure.times <= 0:
