@@ -429,6 +429,16 @@ class StripeConnector(Connector[StripeSettings]):
         )
         _stitch(subs, current, catalog)
 
+    async def _lookup(self, endpoint: str, make: Callable[[], Awaitable[T]]) -> T | None:
+        """A catalog call; an answer such as 404 (a deleted coupon) leaves the value unknown
+        (the plan shows the id, MRR is null) instead of failing the whole profile."""
+        try:
+            return await self._call(endpoint, make)
+        except KeyRefusedError:
+            raise
+        except FatalError:
+            return None
+
     async def _all_items(self, subscription: JSON) -> None:
         items, _ = await self._list(
             "subscription_items.list",
@@ -439,33 +449,36 @@ class StripeConnector(Connector[StripeSettings]):
         subscription["items"] = {"object": "list", "data": items, "has_more": False}
 
     async def _products(self, ids: list[str]) -> None:
-        page = await self._call(
+        page = await self._lookup(
             "products.list",
             functools.partial(
                 self.client.v1.products.list_async, params={"ids": ids, "limit": PAGE}
             ),
         )
         assert self._catalog is not None
-        for product in page.data:
-            self._catalog.put(f"product:{product.id}", product.to_dict().get("name"))
+        names = {str(p.id): p.to_dict().get("name") or "" for p in page.data} if page else {}
+        for product_id in ids:
+            self._catalog.put(f"product:{product_id}", names.get(product_id, ""))
 
     async def _tiers(self, price_id: str) -> None:
-        price = await self._call(
+        price = await self._lookup(
             "prices.retrieve",
             functools.partial(
                 self.client.v1.prices.retrieve_async, price_id, params={"expand": ["tiers"]}
             ),
         )
         assert self._catalog is not None
-        self._catalog.put(f"tiers:{price_id}", price.to_dict().get("tiers"))
+        if price is not None:
+            self._catalog.put(f"tiers:{price_id}", price.to_dict().get("tiers"))
 
     async def _coupon(self, coupon_id: str) -> None:
-        coupon = await self._call(
+        coupon = await self._lookup(
             "coupons.retrieve",
             functools.partial(self.client.v1.coupons.retrieve_async, coupon_id),
         )
         assert self._catalog is not None
-        self._catalog.put(f"coupon:{coupon_id}", coupon.to_dict())
+        if coupon is not None:
+            self._catalog.put(f"coupon:{coupon_id}", coupon.to_dict())
 
     # --- other uses -------------------------------------------------------------------------
 
@@ -539,7 +552,7 @@ def _stitch(subs: list[JSON], current: list[JSON], catalog: Catalog) -> None:
     for price in (item.get("price") or {} for s in subs for item in _items(s)):
         product = price.get("product")
         name = catalog.get(f"product:{product}") if isinstance(product, str) else None
-        if name is not None:
+        if name:
             price["product"] = {"id": product, "object": "product", "name": name}
         if price.get("billing_scheme") == "tiered" and not isinstance(price.get("tiers"), list):
             price["tiers"] = catalog.get(f"tiers:{price.get('id')}")

@@ -71,6 +71,8 @@ async def read_bounded(response: aiohttp.ClientResponse, cap: int) -> bytes:
                 raise FatalError(f"stripe: answer larger than max_body_bytes ({cap}) decompressed")
         if decoder is not None:
             body += decoder.flush()
+            if not decoder.eof or decoder.unused_data:
+                raise zlib.error("truncated, or data after the end")
     except zlib.error:
         raise FatalError(f"stripe: answer not valid {coding}") from None
     if len(body) > cap:

@@ -674,6 +674,41 @@ async def test_an_item_discount_is_read_through_its_coupon(
     assert fake_stripe.requests[f"/v1/coupons/{coupon['id']}"] == 1
 
 
+async def test_a_deleted_coupon_leaves_mrr_unknown_not_the_profile(
+    fake_stripe: ScriptedStripe, objects: StripeObjects, connect: Connect
+) -> None:
+    ada = objects.customer(EMAIL)
+    coupon = objects.coupon(percent_off=50, duration="forever")
+    seats = objects.item(
+        objects.price(1000, product="Seat"), 2, discounts=[objects.discount(coupon)]
+    )
+    objects.subscription(ada, [seats])
+    del fake_stripe.coupons[coupon["id"]]
+
+    fields = await fields_of(await connect())
+
+    assert fields["mrr"] is None
+    assert fields["coupon"] == coupon["id"]
+    assert fields["plan"] == "2 x Seat"
+
+
+async def test_a_product_stripe_no_longer_lists_is_named_by_its_id_and_asked_once(
+    fake_stripe: ScriptedStripe, objects: StripeObjects, connect: Connect
+) -> None:
+    ada = objects.customer(EMAIL)
+    price = objects.price(1000, product="Gone")
+    objects.subscription(ada, [objects.item(price)])
+    fake_stripe.products.clear()
+    connector = await connect()
+
+    first = await fields_of(connector)
+    await fields_of(connector)
+
+    assert first["plan"] == price["product"]
+    assert first["mrr"] == "$10.00"
+    assert fake_stripe.requests["/v1/products"] == 1
+
+
 async def test_an_api_version_before_2025_09_30_reads_embedded_coupons(
     fake_stripe: ScriptedStripe, objects: StripeObjects, connect: Connect
 ) -> None:
