@@ -336,7 +336,8 @@ def charge_fields(charges: Sequence[JSON], currency: str | None, truncated: bool
     for charge in charges:
         if charge.get("status") == "succeeded":
             _add(lifetime, charge.get("currency"), _net(charge))
-        _add(refunded, charge.get("currency"), charge.get("amount_refunded") or 0)
+        if charge.get("amount_refunded"):
+            _add(refunded, charge.get("currency"), charge.get("amount_refunded"))
     last = charges[0] if charges else {}
     failed = next((c for c in charges if c.get("status") == "failed"), {})
     last_currency = str(last.get("currency") or currency or "")
@@ -346,16 +347,18 @@ def charge_fields(charges: Sequence[JSON], currency: str | None, truncated: bool
         code = charge.get("currency")
         return money(value, str(code)) if isinstance(value, int) and code else None
 
+    refunded_last = last.get("amount_refunded")
+
     return {
         "charges_count": len(charges),
         "charges_truncated": truncated,
         "last_charge_amount": amount(last, "amount"),
-        "last_charge_amount_refunded": amount(last, "amount_refunded"),
+        "last_charge_amount_refunded": amount(last, "amount_refunded") if refunded_last else None,
         "last_charge_at": iso(last.get("created")),
         "last_charge_status": charge_status(last) if last else None,
         "first_charge_at": iso(charges[-1].get("created")) if charges else None,
         "lifetime_value": amounts(lifetime, currency or last_currency or None),
-        "total_refunded": amounts(refunded, currency or last_currency or None),
+        "total_refunded": amounts(refunded, currency) if any(refunded.values()) else None,
         "last_failed_payment_at": iso(failed.get("created")),
         "last_failed_payment_amount": amount(failed, "amount"),
         "last_failed_payment_message": failed.get("failure_message"),

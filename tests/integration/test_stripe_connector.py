@@ -133,12 +133,12 @@ async def test_a_paying_customer_gives_every_field(
         "charges_count": 1,
         "charges_truncated": False,
         "last_charge_amount": "$29.00",
-        "last_charge_amount_refunded": "$0.00",
+        "last_charge_amount_refunded": None,
         "last_charge_at": "2023-11-14T22:13:40Z",
         "last_charge_status": "succeeded",
         "first_charge_at": "2023-11-14T22:13:40Z",
         "lifetime_value": "$29.00",
-        "total_refunded": "$0.00",
+        "total_refunded": None,
         "last_failed_payment_at": None,
         "last_failed_payment_amount": None,
         "last_failed_payment_message": None,
@@ -815,7 +815,7 @@ async def test_refunds_failures_and_authorizations(
     [
         (2900, True, "refunded", "$29.00"),
         (900, True, "partially_refunded", "$9.00"),
-        (0, False, "uncaptured", "$0.00"),
+        (0, False, "uncaptured", None),
     ],
 )
 async def test_the_newest_charge_says_refunded_or_uncaptured(
@@ -824,7 +824,7 @@ async def test_the_newest_charge_says_refunded_or_uncaptured(
     refunded: int,
     captured: bool,
     status: str,
-    refunded_shown: str,
+    refunded_shown: str | None,
 ) -> None:
     ada = objects.customer(EMAIL)
     objects.charge(ada, 2900, refunded=refunded, captured=captured)
