@@ -161,7 +161,7 @@ async def test_a_known_customer_costs_four_calls_in_two_round_trips(
     ada = objects.customer(EMAIL)
     objects.subscription(ada, [monthly(objects, 1000, nickname="Basic")])
     objects.charge(ada, 1000)
-    fake_stripe.latency = 0.05
+    fake_stripe.latency = 0.2
 
     await fields_of(await connect())
 
@@ -185,7 +185,7 @@ async def test_product_names_are_asked_once_then_kept(
         customer = objects.customer(email)
         objects.subscription(customer, [monthly(objects, 1000, product="Team")])
     connector = await connect()
-    fake_stripe.latency = 0.05
+    fake_stripe.latency = 0.2
 
     first = await fields_of(connector, "ada@example.com")
     rounds_cold = fake_stripe.round_trips()
@@ -871,7 +871,7 @@ async def test_charges_are_read_page_after_page(
     for n in range(250):
         objects.charge(ada, 100, created=T0 + n)
 
-    fields = await fields_of(await connect())
+    fields = await fields_of(await connect(timeout=30))
 
     assert fields["charges_count"] == 250
     assert fields["charges_truncated"] is False
@@ -887,12 +887,29 @@ async def test_max_charges_cuts_the_history_and_says_so(
     for n in range(250):
         objects.charge(ada, 100, created=T0 + n)
 
-    fields = await fields_of(await connect(max_charges=120))
+    fields = await fields_of(await connect(max_charges=120, timeout=30))
 
     assert fields["charges_count"] == 120
     assert fields["charges_truncated"] is True
     assert fields["lifetime_value"] == "$120.00"
     assert fake_stripe.requests["/v1/charges"] == 2
+
+
+async def test_paging_stops_while_the_deadline_still_leaves_time_to_answer(
+    fake_stripe: ScriptedStripe, objects: StripeObjects, connect: Connect
+) -> None:
+    """Each answer takes 0.4 s: after the first page of charges (0.8 s in), another page
+    would not leave time to answer within 1.5 s, so the history is cut, and says so."""
+    ada = objects.customer(EMAIL)
+    for n in range(250):
+        objects.charge(ada, 100, created=T0 + n)
+    fake_stripe.latency = 0.4
+
+    fields = await fields_of(await connect(timeout=1.5))
+
+    assert fields["charges_count"] == 100
+    assert fields["charges_truncated"] is True
+    assert fake_stripe.requests["/v1/charges"] == 1
 
 
 async def test_failed_charges_do_not_use_up_the_budget(
@@ -904,7 +921,7 @@ async def test_failed_charges_do_not_use_up_the_budget(
     for n in range(150):
         objects.charge(ada, 1000, status="failed", created=T0 + 100 + n)
 
-    fields = await fields_of(await connect(max_charges=50))
+    fields = await fields_of(await connect(max_charges=50, timeout=30))
 
     assert fields["lifetime_value"] == "$500.00"
     assert fields["charges_truncated"] is False
