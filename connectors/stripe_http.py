@@ -110,6 +110,9 @@ class BoundedHTTPClient(stripe.AIOHTTPClient):
             if 300 <= response.status < 400:
                 raise FatalError(_redirect_message(url, response))
             body = await read_bounded(response, self._max_body_bytes)
+        except aiohttp.ClientError as exc:
+            response.close()
+            self._handle_request_error(exc)  # a body cut short: a connection error
         except BaseException:
             response.close()  # never drain what is left of a hostile body
             raise

@@ -110,6 +110,20 @@ async def test_a_trickling_answer_ends_at_the_callers_deadline(
     assert outcome.elapsed < 0.3 + 1.0
 
 
+async def test_a_body_cut_short_is_a_connection_error_and_retried(
+    fake_stripe: ScriptedStripe, connector: StripeConnector
+) -> None:
+    StripeObjects(fake_stripe).customer(EMAIL, id="cus_ada")
+    fake_stripe.hostile("cut", times=1, path="/v1/customers")
+    retrying = StripeConnector("stripe", connector.settings.model_copy(update={"retries": 1}))
+    async with aiohttp.ClientSession() as session:
+        await retrying.open(session)
+        outcome = await retrying.fetch(EMAIL)
+
+    assert outcome.status == "ok"
+    assert fake_stripe.requests["/v1/customers"] == 2
+
+
 async def test_a_redirect_to_another_origin_is_not_followed(
     fake_stripe: ScriptedStripe, connector: StripeConnector
 ) -> None:

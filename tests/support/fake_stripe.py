@@ -8,7 +8,7 @@ The server itself lives in ``aggregator.samples.stripe_api`` so that ``aggregato
   https://docs.stripe.com/error-low-level (``Stripe-Should-Retry``);
 - hostile answers no real Stripe sends (``hostile``): a body far larger than any Stripe
   answer (declared or not), a gzip bomb, an endless body, a body trickling a byte at a
-  time, a redirect to another origin.
+  time, a redirect to another origin, a body cut short by a dropped connection.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = [
     "start_fake_stripe",
 ]
 
-Hostile = Literal["huge", "huge_declared", "gzip_bomb", "endless", "trickle", "redirect"]
+Hostile = Literal["huge", "huge_declared", "gzip_bomb", "endless", "trickle", "redirect", "cut"]
 MIB = 1 << 20
 BOMB_MIB = 256
 
@@ -160,6 +160,13 @@ class ScriptedStripe(FakeStripe):
         kind = failure.hostile
         if kind == "redirect":
             raise web.HTTPFound(failure.location)
+        if kind == "cut":
+            response = web.StreamResponse(headers={"Content-Length": "1000"})
+            await response.prepare(request)
+            await response.write(b'{"object": "list", "da')
+            assert request.transport is not None
+            request.transport.close()
+            return response
         if kind == "huge_declared":
             headers = {"Content-Length": str(512 * MIB), "Content-Type": "application/json"}
             response = web.StreamResponse(headers=headers)
