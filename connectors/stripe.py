@@ -37,6 +37,7 @@ from pydantic import Field, SecretStr
 from aggregator.emails import as_sent
 from aggregator.errors import FatalError, RetriableError, UnavailableError
 from connectors.base import Connector, ConnectorSettings, budget_left
+from connectors.stripe_catalog import Catalog
 from connectors.stripe_fields import ENDED, JSON, newest_first, summarize
 from connectors.stripe_http import (
     KEY_REFUSED,
@@ -116,36 +117,8 @@ class StripeSettings(ConnectorSettings):
     )
 
 
-class Catalog:
-    """What rarely changes and Stripe cannot expand in a list: product names, tiers, coupons."""
-
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, Any]] = {}
-
-    def get(self, key: str) -> Any:
-        """The value kept for ``key``, or None when missing or older than ``ttl``."""
-        entry = self._entries.get(key)
-        if entry is None or time.monotonic() - entry[0] > self.ttl:
-            return None
-        return entry[1]
-
-    def put(self, key: str, value: Any) -> None:
-        """Keep ``value`` for ``key``; the oldest entry goes when full."""
-        self._entries.pop(key, None)
-        if len(self._entries) >= self.max_entries:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (time.monotonic(), value)
-
-
 def _slim(obj: Mapping[str, Any], keys: Iterable[str]) -> JSON:
     return {key: obj.get(key) for key in keys}
-
-
-def _items(subscription: Mapping[str, Any]) -> list[JSON]:
-    items: list[JSON] = (subscription.get("items") or {}).get("data") or []
-    return items
 
 
 class StripeConnector(Connector[StripeSettings]):
@@ -414,20 +387,8 @@ class StripeConnector(Connector[StripeSettings]):
         """Fill in, from the catalog or Stripe, what the subscriptions need to be read."""
         current = [s for s in subs if s.get("status") not in ENDED]
         await asyncio.gather(*(self._all_items(s) for s in current if s["items"].get("has_more")))
-        catalog = self._catalog
-        assert catalog is not None
-        products = sorted(p for p in _unnamed_products(subs) if catalog.get(f"product:{p}") is None)
-        tiered = _untiered_prices(current)
-        await asyncio.gather(
-            *(self._products(products[i : i + PAGE]) for i in range(0, len(products), PAGE)),
-            *(self._tiers(p) for p in tiered if catalog.get(f"tiers:{p}") is None),
-            *(
-                self._coupon(c)
-                for c in _unexpanded_coupons(current)
-                if catalog.get(f"coupon:{c}") is None
-            ),
-        )
-        _stitch(subs, current, catalog)
+        assert self._catalog is not None
+        await self._catalog.complete(subs, current, self._lookup, self.client.v1)
 
     async def _lookup(self, endpoint: str, make: Callable[[], Awaitable[T]]) -> T | None:
         """A catalog call; an answer such as 404 (a deleted coupon) leaves the value unknown
@@ -447,38 +408,6 @@ class StripeConnector(Connector[StripeSettings]):
             cap=1000,
         )
         subscription["items"] = {"object": "list", "data": items, "has_more": False}
-
-    async def _products(self, ids: list[str]) -> None:
-        page = await self._lookup(
-            "products.list",
-            functools.partial(
-                self.client.v1.products.list_async, params={"ids": ids, "limit": PAGE}
-            ),
-        )
-        assert self._catalog is not None
-        names = {str(p.id): p.to_dict().get("name") or "" for p in page.data} if page else {}
-        for product_id in ids:
-            self._catalog.put(f"product:{product_id}", names.get(product_id, ""))
-
-    async def _tiers(self, price_id: str) -> None:
-        price = await self._lookup(
-            "prices.retrieve",
-            functools.partial(
-                self.client.v1.prices.retrieve_async, price_id, params={"expand": ["tiers"]}
-            ),
-        )
-        assert self._catalog is not None
-        if price is not None:
-            self._catalog.put(f"tiers:{price_id}", price.to_dict().get("tiers"))
-
-    async def _coupon(self, coupon_id: str) -> None:
-        coupon = await self._lookup(
-            "coupons.retrieve",
-            functools.partial(self.client.v1.coupons.retrieve_async, coupon_id),
-        )
-        assert self._catalog is not None
-        if coupon is not None:
-            self._catalog.put(f"coupon:{coupon_id}", coupon.to_dict())
 
     # --- other uses -------------------------------------------------------------------------
 
@@ -512,52 +441,3 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     """The first failure inside (possibly nested) task groups."""
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _discounts(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The subscription's own discounts and its items', expanded."""
-    found = [*(subscription.get("discounts") or [])]
-    found += [d for item in _items(subscription) for d in item.get("discounts") or []]
-    return [d for d in found if isinstance(d, Mapping)]
-
-
-def _unnamed_products(subs: list[JSON]) -> set[str]:
-    """Product ids of prices without a nickname (the product names the item)."""
-    prices = [item.get("price") or {} for s in subs for item in _items(s)]
-    return {
-        str(p["product"])
-        for p in prices
-        if isinstance(p.get("product"), str) and not p.get("nickname")
-    }
-
-
-def _untiered_prices(current: list[JSON]) -> set[str]:
-    """Ids of tiered prices whose tiers did not come with the subscription (they never do)."""
-    prices = [item.get("price") or {} for s in current for item in _items(s)]
-    return {
-        str(p["id"])
-        for p in prices
-        if p.get("billing_scheme") == "tiered" and not isinstance(p.get("tiers"), list)
-    }
-
-
-def _unexpanded_coupons(current: list[JSON]) -> set[str]:
-    """Coupon ids of discounts whose coupon Stripe could not expand (items' discounts)."""
-    sources = [d.get("source") or {} for s in current for d in _discounts(s)]
-    return {str(source["coupon"]) for source in sources if isinstance(source.get("coupon"), str)}
-
-
-def _stitch(subs: list[JSON], current: list[JSON], catalog: Catalog) -> None:
-    """Put what the catalog knows where Stripe would have put it, expanded."""
-    for price in (item.get("price") or {} for s in subs for item in _items(s)):
-        product = price.get("product")
-        name = catalog.get(f"product:{product}") if isinstance(product, str) else None
-        if name:
-            price["product"] = {"id": product, "object": "product", "name": name}
-        if price.get("billing_scheme") == "tiered" and not isinstance(price.get("tiers"), list):
-            price["tiers"] = catalog.get(f"tiers:{price.get('id')}")
-    for s in current:
-        for discount in _discounts(s):
-            source = discount.get("source")
-            if isinstance(source, dict) and isinstance(source.get("coupon"), str):
-                source["coupon"] = catalog.get(f"coupon:{source['coupon']}") or source["coupon"]
