@@ -93,6 +93,19 @@ class ServerSettings(BaseModel):
     drain_timeout: float = Field(
         default=10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
     )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a whole request line and headers; "
+        "a slower connection is answered 408 and closed.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Processes serving the port (--workers overrides); they share one Redis, "
+        "or each keeps its own memory:// cache.",
+    )
 
     @field_validator("path")
     @classmethod
