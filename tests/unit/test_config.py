@@ -638,3 +638,70 @@ def test_server_path_may_not_shadow_the_proxys_own_routes(path: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(text, source="c.yaml", env={}, connector_types=TYPES)
     assert f"c.yaml:4: server.path: {path} is one of the proxy's own paths" in str(caught.value)
+
+
+# -- postgres DSN and formats (issue 12) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("mysql://root:hunter2@db/app", "is a mysql:// URL"),
+        ("postgresql:/nohost", "is not a URL"),
+        ("hunter2", "is not a URL"),
+        ("", "is empty"),
+    ],
+)
+def test_a_postgres_dsn_that_is_not_postgresql_is_refused_at_its_line(
+    dsn: str, problem: str
+) -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        "connectors:\n"
+        "  db:\n"
+        "    type: postgres\n"
+        f'    dsn: "{dsn}"\n'
+        '    query: "SELECT 1"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, source="c.yaml", env={})
+    message = str(info.value)
+    assert f"c.yaml:5: connectors.db.dsn: {problem}" in message
+    assert "postgresql://" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:p@h/db", "postgres://h/db", "POSTGRESQL://h"])
+def test_postgresql_dsns_pass(dsn: str) -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        f'connectors:\n  db: {{type: postgres, dsn: "{dsn}", query: "SELECT 1"}}\n'
+    )
+    assert parse_settings(text, source="c.yaml", env={}).connectors["db"].enabled
+
+
+def test_a_disabled_connector_may_leave_the_dsn_empty() -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        "connectors:\n"
+        '  db: {type: postgres, enabled: false, dsn: "${DATABASE_URL}", query: "SELECT 1"}\n'
+    )
+    settings = parse_settings(text, source="c.yaml", env={"DATABASE_URL": ""})
+    assert not settings.connectors["db"].enabled
+
+
+def test_a_bad_format_is_refused_at_its_line() -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        "connectors:\n"
+        "  db:\n"
+        "    type: postgres\n"
+        "    dsn: postgresql://h/db\n"
+        '    query: "SELECT 1"\n'
+        "    formats:\n"
+        "      mrr: money:usd\n"
+        "      seats: money\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, source="c.yaml", env={})
+    assert "c.yaml:9: connectors.db.formats.seats: money needs a currency" in str(info.value)
