@@ -1,4 +1,4 @@
-"""Command line: serve, check, preview, purge, demo."""
+"""Command line: serve, check, preview, purge, demo, template."""
 
 from __future__ import annotations
 
@@ -63,7 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the proxy with local sample upstreams (no accounts, no Docker)"
     )
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        help="run this config against the sample upstreams (default: the packaged demo config)",
+    )
+    demo.add_argument(
+        "--database-url",
+        help="PostgreSQL server for the demo's throwaway database "
+        "(default: 127.0.0.1:5432 if it answers, else an embedded one)",
+    )
+    commands.add_parser(
+        "template", help="print the Groove Custom Profile template that fits the shipped config"
+    )
     return parser
 
 
@@ -83,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from aggregator.demo import run_demo
 
-        return run_demo(args.port)
+        return run_demo(args.port, args.database_url, args.config)
+    if args.command == "template":
+        from aggregator.preview import sample_template
+
+        sys.stdout.write(sample_template())
+        return 0
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

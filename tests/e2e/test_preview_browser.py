@@ -40,7 +40,7 @@ def demo(postgres_dsn: str) -> Iterator[Demo]:
     thread.start()
     try:
         running = asyncio.run_coroutine_threadsafe(
-            start_demo(0, env={"DATABASE_URL": postgres_dsn}), loop
+            start_demo(0, database_url=postgres_dsn), loop
         ).result(timeout=60)
         try:
             yield running
