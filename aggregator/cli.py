@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,6 @@ def serve(
     host: str | None,
     port: int | None,
     workers: int | None = None,
-    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run the proxy (``workers`` processes on one port) until SIGINT/SIGTERM, draining."""
     from aggregator.server import ServeError, bind_socket, plan_listen, serve_socket
@@ -148,12 +147,11 @@ def serve(
     log = logging.getLogger("aggregator")
     count = workers or settings.server.workers
     try:
-        plan = plan_listen(settings, host, port, os.environ if environ is None else environ)
+        plan = plan_listen(settings, host, port, os.environ)
         for warning in plan.warnings:
             log.warning("%s", warning)
         sock = bind_socket(plan.host, plan.port)
     except ServeError as exc:
-        log.error("%s", exc)
         print(f"aggregator: {exc}", file=sys.stderr)
         return exc.exit_code
     loop_kind = "uvloop" if _has_uvloop() else "asyncio"

@@ -186,6 +186,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; stop the clock once a whole head is in, start it on a new one."""
+        # aiohttp counts a request when its head is parsed (the body may still stream in).
         parsed_before = self._request_count
         super().data_received(data)
         if self._request_count != parsed_before:
@@ -262,6 +263,8 @@ class ProxyRunner(web.AppRunner):
         self._header_timeout = settings.server.header_timeout
 
     async def _make_server(self) -> web.Server:
+        # aiohttp builds its Server in Application._make_handler (app freeze, handler_args);
+        # only the protocol class differs, so the same object changes class.
         server = await super()._make_server()
         server.__class__ = GuardedServer
         assert isinstance(server, GuardedServer)
