@@ -245,6 +245,28 @@ class _Call:
 
 
 @dataclass(frozen=True, slots=True)
+class _Lookup:
+    """A first call and how to read its answer: select, fields, link."""
+
+    call: _Call
+    select: SelectTemplate | None
+    fields: dict[str, ParsedResult]
+    link: UrlTemplate | None
+
+    @classmethod
+    def of(cls, spec: RestSettings) -> _Lookup:
+        """Compile the first-call keys of ``spec``."""
+        body = None if spec.body is None else BodyTemplate(spec.body)
+        email_body = spec.method == "POST" and spec.body is None
+        return cls(
+            _Call(spec.method, UrlTemplate(spec.url), body, email_body),
+            SelectTemplate(spec.select) if spec.select else None,
+            {k: compile_jmespath(v) for k, v in (spec.fields or {}).items()},
+            UrlTemplate(spec.link, paths=True) if spec.link else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Step:
     name: str
     call: _Call
@@ -284,13 +306,8 @@ class RestBase(Connector[SettingsT]):
             key: TextTemplate(value)
             for key, value in {"Accept": "application/json", **spec.headers}.items()
         }
-        body = None if spec.body is None else BodyTemplate(spec.body)
-        email_body = spec.method == "POST" and spec.body is None
-        self._first = _Call(spec.method, UrlTemplate(spec.url), body, email_body)
-        self._select = SelectTemplate(spec.select) if spec.select else None
-        self._fields = {k: compile_jmespath(v) for k, v in (spec.fields or {}).items()}
+        self._lookups = [_Lookup.of(spec), *(_Lookup.of(f) for f in self.fallback_settings())]
         self._errors = compile_jmespath(spec.errors) if spec.errors else None
-        self._link = UrlTemplate(spec.link, paths=True) if spec.link else None
         self._steps = [self._compile_step(n, s) for n, s in (spec.then or {}).items()]
         self._not_found = frozenset(spec.not_found_statuses)
         self._session: aiohttp.ClientSession | None = None
@@ -298,6 +315,14 @@ class RestBase(Connector[SettingsT]):
     def rest_settings(self) -> RestSettings:
         """The rest settings this connector runs (a preset builds them from its keys)."""
         raise NotImplementedError
+
+    def fallback_settings(self) -> list[RestSettings]:
+        """Further first calls, tried in order while the customer is not found.
+
+        Only their url, method, body, select, fields and link are used; headers, auth,
+        errors and steps are the main settings'. (Salesforce: Contact, then Lead.)
+        """
+        return []
 
     @staticmethod
     def _compile_step(name: str, step: StepSettings) -> _Step:
@@ -321,16 +346,17 @@ class RestBase(Connector[SettingsT]):
 
     def request_url(self, email: str) -> URL:
         """The first call's URL for one email (auth's query parameter not included)."""
-        url = self._first.url.fill(Context(email, "https://instance.invalid"))
+        url = self._lookups[0].call.url.fill(Context(email, "https://instance.invalid"))
         assert url is not None
         return url
 
     def declared_shape(self) -> Mapping[str, Any] | None:
         """The keys ``fields``, ``link`` and steps with ``fields`` will produce."""
-        if not self._fields:
+        lookup = self._lookups[0]
+        if not lookup.fields:
             return None
-        shape: dict[str, Any] = dict.fromkeys(self._fields)
-        if self._link is not None:
+        shape: dict[str, Any] = dict.fromkeys(lookup.fields)
+        if lookup.link is not None:
             shape["url"] = None
         for step in self._steps:
             if step.fields:
@@ -349,7 +375,8 @@ class RestBase(Connector[SettingsT]):
                 raise RetriableError(f"auth (oauth2): {exc}") from exc
             except ConnectorError as exc:
                 raise FatalError(f"auth (oauth2): {exc}") from exc
-        sent = await self._send(self._first, Context(PROBE_EMAIL))
+        lookup = self._lookups[0]
+        sent = await self._send(lookup.call, Context(PROBE_EMAIL))
         assert sent is not None
         reply, context = sent
         status = reply.status
@@ -364,28 +391,18 @@ class RestBase(Connector[SettingsT]):
         if reply.body is not None:
             document = self._decode(reply)
             self._check_errors(document)
-            self._pick(self._selected(document, context))
+            self._pick(lookup, self._selected(lookup, document, context))
 
     # -- fetching ------------------------------------------------------------------
 
     async def _fetch(self, email: str) -> Mapping[str, Any] | None:
-        sent = await self._send(self._first, Context(email))
-        assert sent is not None, "the first call's placeholders always have values"
-        reply, context = sent
-        document = self._document(reply)
-        if document is None:
+        for lookup in self._lookups:
+            found = await self._look_up(lookup, email)
+            if found is not None:
+                break
+        else:
             return None
-        selected = self._selected(document, context)
-        if _empty(selected):
-            return None
-        fields = self._pick(selected)
-        if fields is None:
-            return None
-        context = replace(context, selected=selected)
-        if self._link is not None:
-            link = self._link.fill(context)
-            if link is not None:
-                fields["url"] = str(link)
+        fields, context = found
         steps: dict[str, StepOutcome] = {}
         if self._steps:
             values, steps = await self._run_steps(context)
@@ -393,22 +410,44 @@ class RestBase(Connector[SettingsT]):
         fields = await self._finish(fields, context)
         return Answer(fields, steps) if steps else fields
 
+    async def _look_up(self, lookup: _Lookup, email: str) -> tuple[dict[str, Any], Context] | None:
+        """One first call: its fields (with the link) and the context steps are fed from."""
+        sent = await self._send(lookup.call, Context(email))
+        assert sent is not None, "the first call's placeholders always have values"
+        reply, context = sent
+        document = self._document(reply)
+        if document is None:
+            return None
+        selected = self._selected(lookup, document, context)
+        fields = self._pick(lookup, selected)
+        if fields is None:
+            return None
+        context = replace(context, selected=selected)
+        if lookup.link is not None:
+            link = lookup.link.fill(context)
+            if link is not None:
+                fields["url"] = str(link)
+        return fields, context
+
     async def _finish(self, fields: dict[str, Any], context: Context) -> dict[str, Any]:
         """Last touches to the fields (presets: money, links); the first selection in context."""
         return fields
 
-    def _selected(self, document: Any, context: Context) -> Any:
+    @staticmethod
+    def _selected(lookup: _Lookup, document: Any, context: Context) -> Any:
+        select = lookup.select
         try:
-            return search(self._select.compiled(context), document) if self._select else document
+            return search(select.compiled(context), document) if select else document
         except JMESPathError as exc:
             raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
 
-    def _pick(self, selected: Any) -> dict[str, Any] | None:
+    @staticmethod
+    def _pick(lookup: _Lookup, selected: Any) -> dict[str, Any] | None:
         if _empty(selected):
             return None
         try:
-            if self._fields:
-                picked = {name: search(expr, selected) for name, expr in self._fields.items()}
+            if lookup.fields:
+                picked = {name: search(expr, selected) for name, expr in lookup.fields.items()}
                 return {name: value for name, value in picked.items() if value is not None}
         except JMESPathError as exc:
             raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
