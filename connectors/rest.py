@@ -545,6 +545,15 @@ class RestBase(Connector[SettingsT]):
 
     # -- one HTTP call -------------------------------------------------------------
 
+    async def _get_json(self, url: str) -> Any:
+        """GET a fixed ``url`` with this connector's headers and auth; the decoded answer."""
+        sent = await self._send(_Call("GET", UrlTemplate(url), None), Context(""))
+        assert sent is not None, "a url without placeholders always has its values"
+        document = self._document(sent[0])
+        if document is None:
+            raise NotFoundError(f"HTTP {sent[0].status}")
+        return document
+
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError(f"connector {self.name} used before open()")

@@ -139,3 +139,20 @@ def reply(body: Any = None, status: int = 200, **headers: str) -> Handler:
         return web.json_response(body, status=status, headers=headers)
 
     return handle
+
+
+async def open_preset(name: str, settings: dict[str, Any], session: Any) -> Any:
+    """Build and open the connector ``settings["type"]`` names (through the entry points)."""
+    from aggregator.registry import get_connector_type
+
+    kind = get_connector_type(settings["type"])
+    connector = kind(name, kind.settings_model.model_validate(settings))
+    await connector.open(session)
+    return connector
+
+
+def flat_keys(fields: Any) -> set[str]:
+    """The keys a connector's fields flatten to (before the prefix)."""
+    from aggregator.merge import flatten
+
+    return set(flatten(fields, max_list_items=50))
