@@ -46,6 +46,13 @@ class _Fault:
     body: Any
     headers: dict[str, str]
     delay: float
+    exact: bool = False
+
+    def matches(self, path: str) -> bool:
+        """True when this fault answers a request to ``path``."""
+        if self.path is None:
+            return True
+        return path == self.path if self.exact else path.startswith(self.path)
 
 
 @dataclass
@@ -69,11 +76,13 @@ class VendorServer:
         headers: dict[str, str] | None = None,
         times: int = 1,
         path: str | None = None,
+        exact: bool = False,
         delay: float = 0.0,
     ) -> None:
-        """Answer the next ``times`` requests (to ``path`` when given) with this instead."""
+        """Answer the next ``times`` requests (whose path starts with ``path``, or is it when
+        ``exact``) with this instead."""
         for _ in range(times):
-            self._faults.append(_Fault(path, status, body, dict(headers or {}), delay))
+            self._faults.append(_Fault(path, status, body, dict(headers or {}), delay, exact))
 
     def requests_to(self, path: str) -> list[Seen]:
         """The recorded requests whose path starts with ``path``."""
@@ -92,7 +101,7 @@ class VendorServer:
             )
         )
         for fault in self._faults:
-            if fault.path is None or request.path.startswith(fault.path):
+            if fault.matches(request.path):
                 self._faults.remove(fault)
                 await asyncio.sleep(fault.delay)
                 if isinstance(fault.body, bytes):
