@@ -313,7 +313,8 @@ class ProfileService:
                     stale = True
                 else:
                     snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
-        complete = not errors
+        # A failed further call (a rest step) is missing data too: short freshness, retried soon.
+        complete = not errors and not any(outcome.partial for outcome in outcomes)
         fields = {name: snap.fields for name, snap in snapshots.items()}
 
         meta = meta_keys(
