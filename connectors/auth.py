@@ -55,7 +55,9 @@ class RestAuth(BaseModel):
 
     model_config = _FROZEN
 
-    bearer: Secret | None = Field(default=None, description="Sent as Authorization: Bearer ....")
+    bearer: Secret | None = Field(
+        default=None, description="A token sent as Authorization: Bearer <token>."
+    )
     basic: BasicAuth | None = Field(default=None, description="HTTP Basic username/password.")
     header: NamedSecret | None = Field(default=None, description="A header {name, value}.")
     query: NamedSecret | None = Field(

@@ -13,7 +13,7 @@ import logging
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from connectors.presets.common import PresetConnector, PresetSettings
 from connectors.rest import RestSettings
@@ -54,6 +54,13 @@ class HubSpotSettings(PresetSettings):
         default=None, description="Hub ID for record links; read from the account when unset."
     )
     ui_domain: str = Field(default="app.hubspot.com", description="HubSpot UI host for links.")
+
+    @field_validator("ui_domain")
+    @classmethod
+    def _check_ui_domain(cls, value: str) -> str:
+        if not UI_DOMAIN.fullmatch(value):
+            raise ValueError("must be a host name like app.hubspot.com or app-eu1.hubspot.com")
+        return value
 
 
 class HubSpotConnector(PresetConnector[HubSpotSettings]):
