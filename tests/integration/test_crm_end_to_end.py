@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import textwrap
 from pathlib import Path
 from urllib.parse import quote
 
@@ -24,18 +23,8 @@ GROOVE_TOKEN = "e2e-groove-token-5f2a9c"
 
 def write_config(tmp_path: Path, stack: Stack, *, merge: str = "") -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            auth: {{api_tokens: ["{GROOVE_TOKEN}"]}}
-            server: {{deadline: 5.0}}
-            {merge}
-            connectors:
-            """
-        )
-        + stack.connectors_yaml(),
-        encoding="utf-8",
-    )
+    head = f'auth: {{api_tokens: ["{GROOVE_TOKEN}"]}}\nserver: {{deadline: 5.0}}\n'
+    path.write_text(head + merge + "\nconnectors:\n" + stack.connectors_yaml(), encoding="utf-8")
     return path
 
 
@@ -56,7 +45,9 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
 
 
 async def test_serve_answers_groove_from_every_preset(vendor_stack: Stack, tmp_path: Path) -> None:
-    config = write_config(tmp_path, vendor_stack, merge="merge: {max_list_items: 3}")
+    config = write_config(
+        tmp_path, vendor_stack, merge="merge: {max_list_items: 3}\nlogging: {level: DEBUG}"
+    )
     server = ServeProcess(config, tmp_path / "serve.log", env=vendor_stack.env())
     try:
         async with aiohttp.ClientSession() as session:
@@ -107,6 +98,9 @@ async def test_serve_answers_groove_from_every_preset(vendor_stack: Stack, tmp_p
     assert "Email = 'o\\'brien+vip@example.com'" in soql
     assert vendor_stack.zendesk.requests_to("/api/v2/users/search")[0].query["query"] == EMAIL
     assert vendor_stack.pipedrive.requests_to("/api/v1/persons/search")[0].query["term"] == EMAIL
+    logged = server.output()
+    for secret in [*vendor_stack.env().values(), *vendor_stack.salesforce.issued]:
+        assert secret not in logged
 
 
 async def test_check_exercises_auth_and_lists_colliding_keys(
