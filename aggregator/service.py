@@ -300,7 +300,10 @@ class ProfileService:
             elif not outcome.failed:
                 snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
             else:
-                errors[connector.prefix or connector.name] = outcome.status
+                # Connectors sharing a prefix: the first to fail reports <prefix>_error,
+                # the next <connector name>_error (the merge's collision rule).
+                who = connector.prefix or connector.name
+                errors[connector.name if who in errors else who] = outcome.status
                 previous = entry.sources.get(connector.name) if entry is not None else None
                 if (
                     previous is not None

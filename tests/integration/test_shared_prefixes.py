@@ -125,3 +125,18 @@ async def test_the_preview_page_api_reports_each_step(crm: FakeCrm) -> None:
     assert body["profile"]["crm_down_error"] == "unavailable"
     assert "crm_missing_error" not in body["profile"]
     assert body["profile"]["profile_complete"] is False
+
+
+async def test_two_failing_connectors_sharing_a_prefix_both_report(crm: FakeCrm) -> None:
+    down = f"http://127.0.0.1:{free_port()}/c?email={{email}}"
+    settings = settings_from(
+        {
+            "billing": {"type": "rest", "prefix": "acct", "url": down, "retries": 0},
+            "crm": {"type": "rest", "prefix": "acct", "url": down, "retries": 0},
+        }
+    )
+
+    async with running_proxy(settings) as proxy:
+        _, profile = await proxy.profile("ada@example.com")
+
+    assert (profile["acct_error"], profile["crm_error"]) == ("unavailable", "unavailable")
