@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 from urllib.parse import quote
 
@@ -84,8 +84,8 @@ class RestAuth(BaseModel):
 class Credentials:
     """What one request carries: headers, a query parameter, the token used (if OAuth2)."""
 
-    headers: dict[str, str]
-    query: tuple[str, str] | None = None
+    headers: dict[str, str] = field(repr=False)
+    query: tuple[str, str] | None = field(default=None, repr=False)
     token: Token | None = None
 
     def apply(self, url: URL) -> URL:

@@ -38,6 +38,8 @@ DEFAULT_LIFETIME = 3600.0
 REFRESH_MARGIN = 60.0
 """A token is replaced this long before it expires (or at 90% of a shorter lifetime)."""
 MAX_TOKEN_ANSWER = 65_536
+TOKEN_REQUEST_TIMEOUT = 10.0
+"""Seconds one token request may take (callers waiting on it have their own deadlines)."""
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 
@@ -112,7 +114,7 @@ class TokenSource:
         if token is not None and self.clock() < token.use_until:
             return token
         if self._pending is None:
-            self._pending = asyncio.ensure_future(self._fetch(session))
+            self._pending = asyncio.ensure_future(self._fetch_in_time(session))
             self._pending.add_done_callback(self._settle)
         return await asyncio.shield(self._pending)
 
@@ -125,6 +127,13 @@ class TokenSource:
         self._pending = None
         if not future.cancelled() and future.exception() is None:
             self._token = future.result()
+
+    async def _fetch_in_time(self, session: aiohttp.ClientSession) -> Token:
+        try:
+            async with asyncio.timeout(TOKEN_REQUEST_TIMEOUT):
+                return await self._fetch(session)
+        except TimeoutError:
+            raise RetriableError("OAuth token request timed out") from None
 
     async def _fetch(self, session: aiohttp.ClientSession) -> Token:
         self.requests += 1
