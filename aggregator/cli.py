@@ -17,12 +17,15 @@ import orjson
 
 from aggregator.app import build_connectors, build_store
 from aggregator.cache import ProfileStore
+from aggregator.collisions import collision_report
 from aggregator.config import Settings, load_settings
 from aggregator.emails import InvalidEmail, normalize_email, parse_email
 from aggregator.errors import ConfigError, ConnectorError
 from aggregator.groove import render_sidebar
 from aggregator.logs import setup_logging
+from aggregator.merge import Source
 from aggregator.service import ProfileService
+from connectors.base import Connector
 
 
 def default_config_path() -> str:
@@ -220,8 +223,17 @@ async def check(settings: Settings) -> int:
                 print(f"ok   {connector.name} ({connector.settings.type}) {elapsed:.0f} ms")
             finally:
                 await connector.close()
+    for line in _collisions(settings, connectors):
+        print(line)
     print("all checks passed" if not problems else f"{problems} problem(s) found")
     return 1 if problems else 0
+
+
+def _collisions(settings: Settings, connectors: Sequence[Connector[Any]]) -> list[str]:
+    """The keys connectors sharing a prefix can both produce, and who keeps each."""
+    sources = [Source(c.name, c.prefix) for c in connectors]
+    shapes = {c.name: c.declared_shape() for c in connectors}
+    return collision_report(sources, shapes, max_list_items=settings.merge.max_list_items)
 
 
 async def preview(settings: Settings, raw_email: str, template_text: str | None) -> int:
@@ -251,6 +263,12 @@ async def preview(settings: Settings, raw_email: str, template_text: str | None)
             f"{keys} keys{detail}",
             file=sys.stderr,
         )
+        for step, result in outcome.steps.items():
+            why = f" ({result.detail})" if result.detail else ""
+            print(
+                f"    then {step:<7} {result.status:<11} {result.elapsed * 1000:7.1f} ms{why}",
+                file=sys.stderr,
+            )
     if template_text is not None:
         print("\nrendered template:", file=sys.stderr)
         print(render_sidebar(template_text, answer.profile or {}, email))

@@ -164,6 +164,15 @@ def _connectors(
                 "detail": outcome.detail,
                 "keys": answer.contributed.get(outcome.name, []),
                 "cache": cache_row,
+                "steps": [
+                    {
+                        "name": step,
+                        "status": result.status,
+                        "elapsed_ms": round(result.elapsed * 1000, 1),
+                        "detail": result.detail,
+                    }
+                    for step, result in outcome.steps.items()
+                ],
             }
         )
     return rows

@@ -140,6 +140,7 @@ class PostgresConnector(Connector[PostgresSettings]):
         self._pool_lock = asyncio.Lock()
         self._secrets = _secrets_of(settings.dsn.get_secret_value())
         self._closed = False
+        self._columns: dict[str, list[str]] = {}
 
     async def open(self, session: aiohttp.ClientSession) -> None:
         """Make the pool now if the database answers; otherwise the first fetch will."""
@@ -185,6 +186,7 @@ class PostgresConnector(Connector[PostgresSettings]):
                             raise mapped from exc
                         problems.append(f"{self._label(name)}: {mapped}")
                         continue
+                    self._columns[name] = [a.name for a in statement.get_attributes()]
                     count = len(statement.get_parameters())
                     if count != 1:
                         problems.append(
@@ -195,6 +197,18 @@ class PostgresConnector(Connector[PostgresSettings]):
             raise UnavailableError("postgres did not answer in time") from exc
         if problems:
             raise FatalError("; ".join(problems))
+
+    def declared_shape(self) -> Mapping[str, Any] | None:
+        """The columns of each query, once ``check`` has prepared them all."""
+        if set(self._columns) != set(self._specs):
+            return None
+        if self.settings.query is not None:
+            return dict.fromkeys(self._columns[SINGLE_QUERY])
+        shape: dict[str, Any] = {}
+        for name, spec in self._specs.items():
+            row = dict.fromkeys(self._columns[name])
+            shape[name] = [row] if spec.many else row
+        return shape
 
     def _label(self, name: str) -> str:
         return "query" if self.settings.query is not None else f"query {name!r}"

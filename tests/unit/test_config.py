@@ -427,44 +427,44 @@ def test_connector_names_are_restricted() -> None:
     assert errors[0].startswith("config.yaml:4: connectors.My-CRM: a connector name may only")
 
 
-def test_duplicate_prefixes_among_enabled_connectors_name_both() -> None:
-    errors = problems(
+def test_connectors_may_share_a_prefix_including_the_empty_one() -> None:
+    settings = parse(
         AUTH
         + textwrap.dedent(
             """\
             connectors:
+              db:
+                type: rest
+                url: "https://db.example/c?email={email}"
+                prefix: ""
               crm:
                 type: rest
-                url: a
+                url: "https://crm.example/c?email={email}"
+                prefix: ""
               billing:
                 type: rest
-                url: b
+                url: "https://b.example/c?email={email}"
                 prefix: crm
-              old:
+              crm2:
                 type: rest
-                url: c
+                url: "https://c2.example/c?email={email}"
                 prefix: crm
-                enabled: false
             """
         )
     )
 
-    assert len(errors) == 1
-    assert errors[0].startswith("config.yaml:10: connectors.billing.prefix: ")
-    assert "'crm'" in errors[0] and "used by connector 'crm'" in errors[0]
+    assert [conf.prefix for _, conf in settings.enabled_connectors()] == ["", "", "crm", "crm"]
 
 
-def test_only_one_enabled_connector_may_use_the_empty_prefix() -> None:
+def test_a_prefix_with_other_characters_is_refused() -> None:
     errors = problems(
         AUTH
         + "connectors:\n"
-        + "  a:\n    type: rest\n    url: a\n    prefix: ''\n"
-        + "  b:\n    type: rest\n    url: b\n    prefix: ''\n"
+        + "  a:\n    type: rest\n    url: 'https://a.example/?e={email}'\n    prefix: 'My CRM'\n"
     )
 
     assert len(errors) == 1
-    assert errors[0].startswith("config.yaml:11: connectors.b.prefix: only one enabled")
-    assert "(a does already)" in errors[0]
+    assert errors[0].startswith("config.yaml:7: connectors.a.prefix: a prefix may only contain")
 
 
 def test_duplicate_yaml_key_names_both_lines() -> None:
