@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextvars
 import logging
 import random
 from collections.abc import Mapping
@@ -32,19 +31,6 @@ log = logging.getLogger("aggregator.connector")
 
 Status = Literal["ok", "not_found", "timeout", "unavailable", "error"]
 FAILED: frozenset[str] = frozenset({"timeout", "unavailable", "error"})
-
-# The loop time by which the running ``_fetch`` must be done (set by ``fetch``).
-_BUDGET_END: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "connector_budget_end", default=None
-)
-
-
-def budget_left() -> float | None:
-    """Seconds left for the running ``_fetch`` (None outside ``fetch``), never negative."""
-    end = _BUDGET_END.get()
-    if end is None:
-        return None
-    return max(0.0, end - asyncio.get_running_loop().time())
 
 
 class ConnectorSettings(BaseModel):
@@ -195,20 +181,13 @@ class Connector(abc.ABC, Generic[SettingsT]):
 
     async def fetch(self, email: str, deadline: float | None = None) -> FetchOutcome:
         """Fetch under this connector's timeout and the caller's deadline; never raises."""
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         budget_end = started + self.settings.timeout
         if deadline is not None:
             budget_end = min(budget_end, deadline)
         if not self.circuit.allow():
             return FetchOutcome(self.name, "unavailable", None, 0.0, 0, "circuit open")
-        budget_token = _BUDGET_END.set(budget_end)
-        try:
-            return await self._attempts(email, started, budget_end)
-        finally:
-            _BUDGET_END.reset(budget_token)
-
-    async def _attempts(self, email: str, started: float, budget_end: float) -> FetchOutcome:
-        loop = asyncio.get_running_loop()
         attempts = 0
         while True:
             attempts += 1

@@ -36,7 +36,7 @@ from pydantic import Field, SecretStr
 
 from aggregator.emails import as_sent
 from aggregator.errors import FatalError, RetriableError, UnavailableError
-from connectors.base import Connector, ConnectorSettings, budget_left
+from connectors.base import Connector, ConnectorSettings
 from connectors.stripe_catalog import Catalog
 from connectors.stripe_fields import ENDED, JSON, newest_first, summarize
 from connectors.stripe_http import (
@@ -182,6 +182,11 @@ class StripeConnector(Connector[StripeSettings]):
             raise FatalError("stripe: connector not opened")
         return self._limits
 
+    def _time_left(self) -> float | None:
+        """Seconds left for the running fetch (None outside ``fetch``)."""
+        end = self.budget_end()
+        return None if end is None else end - asyncio.get_running_loop().time()
+
     def dashboard_url(self, customer_id: str) -> str:
         """The customer's page in the Stripe dashboard, test-mode path for a test key."""
         mode = "/test" if self._test_mode else ""
@@ -208,7 +213,7 @@ class StripeConnector(Connector[StripeSettings]):
             if not isinstance(error, RetriableError) or attempt > self.settings.retries:
                 raise error
             pause = self._backoff(attempt, error.retry_after)
-            left = budget_left()
+            left = self._time_left()
             if left is not None and pause >= left:
                 raise error
             await asyncio.sleep(pause)
@@ -239,7 +244,7 @@ class StripeConnector(Connector[StripeSettings]):
             total += sum(1 for o in data if counted(o))
             if not page.has_more or not data:
                 return found, False
-            left = budget_left()
+            left = self._time_left()
             if total >= cap or (left is not None and left < 2 * (loop.time() - started)):
                 return found, True
             after = str(data[-1]["id"])

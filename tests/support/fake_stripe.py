@@ -131,6 +131,8 @@ class ScriptedStripe(FakeStripe):
         self, kind: Hostile, times: int | None = None, path: str | None = None, location: str = ""
     ) -> None:
         """Answer the next ``times`` requests (None: all) with a hostile body or a redirect."""
+        if kind == "gzip_bomb":
+            gzip_bomb()  # made now (about a second of CPU), not while a client waits
         self.failures.append(Failure(200, times, path=path, hostile=kind, location=location))
 
     def heal(self) -> None:
