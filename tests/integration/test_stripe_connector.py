@@ -563,7 +563,7 @@ async def test_metered_items_are_left_out_of_mrr_and_say_so(
 async def test_a_tiered_price_is_priced_from_its_tiers(
     fake_stripe: ScriptedStripe, objects: StripeObjects, connect: Connect, mode: str, mrr: str
 ) -> None:
-    tiers = [
+    tiers: list[dict[str, Any]] = [
         {"up_to": 10, "unit_amount": 1000, "unit_amount_decimal": "1000", "flat_amount": None},
         {"up_to": None, "unit_amount": 800, "unit_amount_decimal": "800", "flat_amount": None},
     ]
