@@ -123,15 +123,23 @@ class Connector(abc.ABC, Generic[SettingsT]):
     """
 
     settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+    # True: the connector applies ``retries``, ``rate_limit`` and ``max_concurrency`` to
+    # each upstream call itself, so ``fetch`` runs ``_fetch`` once, unthrottled.
+    manages_calls: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: SettingsT) -> None:
         self.name = name
         self.settings = settings
         self.circuit = CircuitBreaker(settings.circuit_failures, settings.circuit_reset)
+        per_fetch = not self.manages_calls
         self._semaphore = (
-            asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
+            asyncio.Semaphore(settings.max_concurrency)
+            if per_fetch and settings.max_concurrency
+            else None
         )
-        self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self._limiter = (
+            RateLimiter(settings.rate_limit) if per_fetch and settings.rate_limit else None
+        )
 
     @property
     def prefix(self) -> str:
@@ -195,7 +203,8 @@ class Connector(abc.ABC, Generic[SettingsT]):
                 return self._outcome("timeout", None, started, attempts, "timed out")
             except RetriableError as exc:
                 pause = self._backoff(attempts, exc.retry_after)
-                if attempts <= self.settings.retries and loop.time() + pause < budget_end:
+                retry = not self.manages_calls and attempts <= self.settings.retries
+                if retry and loop.time() + pause < budget_end:
                     await asyncio.sleep(pause)
                     continue
                 self.circuit.record_failure()
