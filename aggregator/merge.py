@@ -37,6 +37,8 @@ RESERVED_KEYS: frozenset[str] = frozenset(
 MAX_DEPTH = 32
 """Containers nested deeper than this (or containing themselves) become ``TRUNCATED``."""
 TRUNCATED = "..."
+CUT_MARKER = "truncated"
+"""The key (``<prefix>_truncated: true`` once prefixed) of an answer cut at ``max_keys``."""
 
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
 _KEY = re.compile(r"[a-z0-9_]+")
@@ -87,16 +89,24 @@ def to_scalar(value: Any) -> Scalar:
     return _valid_text(str(value))
 
 
-def flatten(data: Mapping[str, Any], *, max_list_items: int = 3) -> dict[str, Scalar]:
+def flatten(
+    data: Mapping[str, Any], *, max_list_items: int = 3, max_keys: int | None = None
+) -> dict[str, Scalar]:
     """Flatten a nested answer into ``{sanitized_key: scalar}`` (CONTRACT section 3).
 
     A key that sanitizes to ``""`` adds nothing to the path: its children keep
     the rest of their path, and a scalar whose whole path is empty is dropped.
     Two paths that sanitize to the same key keep both values: the later one
-    gets ``_2``, ``_3``, ...
+    gets ``_2``, ``_3``, ... With ``max_keys``, the walk stops once that many keys
+    are out and one more is found: ``truncated: true`` is then added (the last key).
     """
     out: dict[str, Scalar] = {}
-    _walk(out, (), data, max(0, max_list_items), set())
+    names = _Names(out)
+    limit = None if max_keys is None else max(0, max_keys)
+    try:
+        _walk(names, (), data, max(0, max_list_items), set(), limit)
+    except _Full:
+        _mark_cut(names)
     return out
 
 
@@ -124,8 +134,9 @@ def meta_keys(
         _join(meta_prefix, "cached"): cached,
         _join(meta_prefix, "stale"): stale,
     }
+    names = _Names(out)
     for who, reason in errors.items():
-        out[_free(out, _join(who, "error"))] = to_scalar(reason)
+        out[names.free(_join(who, "error"))] = to_scalar(reason)
     return out
 
 
@@ -136,18 +147,23 @@ def merge_profile(
     meta: Mapping[str, Scalar],
     max_list_items: int = 3,
     flat: bool = False,
+    max_keys: int | None = None,
 ) -> dict[str, Scalar]:
     """Merge every connector's answer into one flat dict; meta first, then config order.
 
     ``fields`` maps a connector name to its answer (None or absent: no fields);
     its own order never matters. Names not in ``sources`` are ignored. ``flat=True``
     says every answer is already the output of ``flatten`` (skips flattening again).
+    With ``max_keys``, the connectors' fields stop at that many keys in all (meta
+    keys aside); each connector cut short gets ``<prefix>_truncated: true``.
     """
     out: dict[str, Scalar] = {}
     for key, value in meta.items():
         if not _KEY.fullmatch(key) or key in RESERVED_KEYS:
             raise ValueError(f"invalid meta key {key!r}")
         out[key] = to_scalar(value)
+    names = _Names(out, RESERVED_KEYS)
+    budget = None if max_keys is None else max(0, max_keys)
     seen: set[str] = set()
     for source in sources:
         if source.name in seen:
@@ -157,9 +173,14 @@ def merge_profile(
         if answer is None:
             continue
         owner = sanitize_key(source.name)
-        items = answer if flat else flatten(answer, max_list_items=max_list_items)
-        for key, value in items.items():
-            out[_claim(out, _join(source.prefix, key), owner)] = value
+        items = answer if flat else flatten(answer, max_list_items=max_list_items, max_keys=budget)
+        for index, (key, value) in enumerate(items.items()):
+            if budget is not None and index >= budget:
+                out[names.claim(_join(source.prefix, CUT_MARKER), owner)] = True
+                break
+            out[names.claim(_join(source.prefix, key), owner)] = value
+        if budget is not None:
+            budget -= min(budget, len(items))
     return out
 
 
@@ -180,43 +201,59 @@ def money(minor_units: int, currency: str) -> str:
     return f"{minus}{text} {code.upper()}".rstrip()
 
 
+class _Full(Exception):
+    """Raised inside the walk when one key more than ``max_keys`` was found."""
+
+
 def _walk(
-    out: dict[str, Scalar],
+    names: _Names,
     path: tuple[str, ...],
     value: Any,
     max_items: int,
     ancestors: set[int],
+    limit: int | None,
 ) -> None:
     if isinstance(value, _CONTAINERS) and (len(path) > MAX_DEPTH or id(value) in ancestors):
-        _emit(out, path, TRUNCATED)
+        _emit(names, path, TRUNCATED, limit)
         return
     if isinstance(value, str | int | float | bool) or value is None:
-        _emit(out, path, to_scalar(value))
+        _emit(names, path, to_scalar(value), limit)
     elif isinstance(value, Mapping):
         ancestors.add(id(value))
         for key, child in value.items():
-            _walk(out, (*path, sanitize_key(str(key))), child, max_items, ancestors)
+            _walk(names, (*path, sanitize_key(str(key))), child, max_items, ancestors, limit)
         ancestors.discard(id(value))
     elif isinstance(value, _SEQUENCES):
         items = _ordered(value)
         if not items:
-            _emit(out, (*path, "count"), 0)
+            _emit(names, (*path, "count"), 0, limit)
         elif any(isinstance(item, _CONTAINERS) for item in items):
             ancestors.add(id(value))
             for index, item in enumerate(items[:max_items]):
-                _walk(out, (*path, str(index)), item, max_items, ancestors)
+                _walk(names, (*path, str(index)), item, max_items, ancestors, limit)
             ancestors.discard(id(value))
-            _emit(out, (*path, "count"), len(items))
+            _emit(names, (*path, "count"), len(items), limit)
         else:
-            _emit(out, path, _join_scalars(items))
+            _emit(names, path, _join_scalars(items), limit)
     else:
-        _emit(out, path, to_scalar(value))
+        _emit(names, path, to_scalar(value), limit)
 
 
-def _emit(out: dict[str, Scalar], path: tuple[str, ...], value: Scalar) -> None:
+def _emit(names: _Names, path: tuple[str, ...], value: Scalar, limit: int | None) -> None:
     key = "_".join(part for part in path if part)
     if key:
-        out[_free(out, key)] = value
+        if limit is not None and len(names.taken) >= limit:
+            raise _Full
+        names.taken[names.free(key)] = value
+
+
+def _mark_cut(names: _Names) -> None:
+    """End a cut answer with ``truncated: true``; a field of that name moves to a free name."""
+    out = names.taken
+    if CUT_MARKER in out:
+        moved = names.free(CUT_MARKER)
+        out[moved] = out.pop(CUT_MARKER)
+    out[CUT_MARKER] = True
 
 
 def _ordered(items: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]) -> list[Any]:
@@ -242,18 +279,39 @@ def _join(prefix: str, key: str) -> str:
     return sanitize_key(f"{prefix}_{key}")
 
 
-def _free(taken: Mapping[str, object], key: str, avoid: frozenset[str] = frozenset()) -> str:
-    """``key`` if it is free, else the first free ``key_2``, ``key_3``, ..."""
-    candidate, n = key, 2
-    while candidate in taken or candidate in avoid:
-        candidate, n = f"{key}_{n}", n + 1
-    return candidate
+class _Names:
+    """Hands out free keys of one output dict: ``key``, else ``key_2``, ``key_3``, ...
 
+    Keys are only ever added to ``taken``, so a suffix found taken stays taken: each
+    base name remembers where its search stopped, and all the renaming of an answer
+    costs time linear in its keys (one record with thousands of keys that sanitize
+    alike used to cost a scan from ``_2`` for each of them).
+    """
 
-def _claim(taken: Mapping[str, object], key: str, owner: str) -> str:
-    if key not in taken and key not in RESERVED_KEYS:
-        return key
-    return _free(taken, _join(owner, key), RESERVED_KEYS)
+    __slots__ = ("_next", "avoid", "taken")
+
+    def __init__(self, taken: dict[str, Scalar], avoid: frozenset[str] = frozenset()) -> None:
+        self.taken = taken
+        self.avoid = avoid
+        self._next: dict[str, int] = {}
+
+    def free(self, key: str) -> str:
+        """``key`` if it is free, else the first free ``key_2``, ``key_3``, ..."""
+        if key not in self.taken and key not in self.avoid:
+            return key
+        n = self._next.get(key, 2)
+        candidate = f"{key}_{n}"
+        while candidate in self.taken or candidate in self.avoid:
+            n += 1
+            candidate = f"{key}_{n}"
+        self._next[key] = n
+        return candidate
+
+    def claim(self, key: str, owner: str) -> str:
+        """``key`` when free and not reserved, else a free name under the owner's name."""
+        if key not in self.taken and key not in RESERVED_KEYS:
+            return key
+        return self.free(_join(owner, key))
 
 
 def _iso_utc(moment: datetime) -> str:
