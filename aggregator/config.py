@@ -197,6 +197,13 @@ class MergeSettings(BaseModel):
         default="profile",
         description="Prefix of the meta keys (profile_complete, ...); sanitized to [a-z0-9_].",
     )
+    max_keys: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most keys one answer carries from its connectors (each connector's "
+        "answer is cut there too); a connector cut short gets <prefix>_truncated: true.",
+    )
 
     @field_validator("meta_prefix")
     @classmethod
