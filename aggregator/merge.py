@@ -174,13 +174,12 @@ def merge_profile(
             continue
         owner = sanitize_key(source.name)
         items = answer if flat else flatten(answer, max_list_items=max_list_items, max_keys=budget)
-        for index, (key, value) in enumerate(items.items()):
-            if budget is not None and index >= budget:
-                out[names.claim(_join(source.prefix, CUT_MARKER), owner)] = True
-                break
-            out[names.claim(_join(source.prefix, key), owner)] = value
         if budget is not None:
-            budget -= min(budget, len(items))
+            if flat and len(items) > budget:
+                items = flatten(items, max_keys=budget)
+            budget = max(0, budget - len(items))
+        for key, value in items.items():
+            out[names.claim(_join(source.prefix, key), owner)] = value
     return out
 
 

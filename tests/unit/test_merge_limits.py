@@ -204,3 +204,16 @@ def test_max_keys_defaults_to_a_thousand_and_is_validated() -> None:
     assert info.value.problems == [
         "config.yaml:4: merge.max_keys: Input should be greater than or equal to 1"
     ]
+
+
+def test_a_connector_cut_by_the_answer_cap_keeps_its_own_truncated_field_too() -> None:
+    sources = [Source("crm", "crm"), Source("db", "db")]
+    fields: dict[str, Any] = {"crm": {"a": 1, "b": 2}, "db": {"truncated": "no", "x": 1, "y": 2}}
+    result = merge_profile(sources, fields, meta={}, max_keys=4)
+    assert result == {
+        "crm_a": 1,
+        "crm_b": 2,
+        "db_truncated_2": "no",
+        "db_x": 1,
+        "db_truncated": True,
+    }
