@@ -6,7 +6,6 @@ import hashlib
 import ipaddress
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from aggregator import handlers, preview, webhooks
+from aggregator import handlers, logs, preview, webhooks
 from aggregator.cache import ProfileStore
 from aggregator.config import Settings
 from aggregator.keys import (
@@ -124,7 +123,7 @@ def client_guard_layer(settings: Settings) -> Layer:
 async def request_log_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line per request: id, route, status, time, cache state, connector outcomes."""
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = logs.request_id(request.headers.get("X-Request-Id"))
     response = await handler(request)
     outcomes = request.get(OUTCOMES, ())
     request_log.info(

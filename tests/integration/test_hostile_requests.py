@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +21,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from aggregator.config import Settings
+from aggregator.logs import TextFormatter
 from tests.support.chaos import ChaosUpstream
-from tests.support.proxy import TOKEN, settings_from
+from tests.support.proxy import TOKEN, running_proxy, settings_from
 from tests.support.raw_http import ThreadedApp, body_of, status_of
 
 SECRET = "whsec_fuzz_secret_0123456789"
@@ -338,3 +340,28 @@ def test_fuzzed_stripe_webhooks_never_get_a_5xx(app: ThreadedApp, request: bytes
     event(f"status {status}")
     assert status is not None and status < 500, (status, request[:300])
     assert isinstance(orjson.loads(body_of(raw)), dict), raw[:300]
+
+
+# -- the access log ----------------------------------------------------------------------
+
+
+async def test_the_access_log_holds_no_forged_field_and_no_token_from_an_email(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_from({}, server={"access_log": True})
+    caplog.set_level(logging.INFO, logger="aggregator")
+    async with running_proxy(settings) as proxy:
+        forged = {"X-Request-Id": "x status=200 email=ceo@example.com"}
+        params = {"email": f"a@b.co;api_token={TOKEN}", "api_token": TOKEN}
+        async with proxy.session.get(f"{proxy.url}/profile", params=params, headers=forged):
+            pass
+        async with proxy.session.get(
+            f"{proxy.url}/healthz", headers={"X-Request-Id": "lb-7f3a.42"}
+        ):
+            pass
+    lines = [TextFormatter().format(r) for r in caplog.records if r.name == "aggregator.request"]
+    assert len(lines) == 2, lines
+    assert TOKEN not in "\n".join(lines)
+    assert "status=200 email=ceo" not in lines[0]
+    assert "email=a***@***" in lines[0]
+    assert "request_id=lb-7f3a.42" in lines[1]
