@@ -25,6 +25,7 @@ from aggregator.logs import TextFormatter
 from tests.support.chaos import ChaosUpstream
 from tests.support.proxy import TOKEN, running_proxy, settings_from
 from tests.support.raw_http import ThreadedApp, body_of, status_of
+from tests.support.upstreams import FakeCrm
 
 SECRET = "whsec_fuzz_secret_0123456789"
 
@@ -365,3 +366,19 @@ async def test_the_access_log_holds_no_forged_field_and_no_token_from_an_email(
     assert "status=200 email=ceo" not in lines[0]
     assert "email=a***@***" in lines[0]
     assert "request_id=lb-7f3a.42" in lines[1]
+
+
+# -- lookalike emails ------------------------------------------------------------------------
+
+
+async def test_a_kelvin_sign_never_reaches_another_customers_profile(crm: FakeCrm) -> None:
+    crm.contacts["kate@example.com"] = {"plan": {"name": "Enterprise"}}
+    settings = settings_from({"crm": {"type": "rest", "url": crm.template, "select": "data[0]"}})
+    async with running_proxy(settings) as proxy:
+        status_kate, kate = await proxy.profile("Kate@example.com")
+        status, body = await proxy.profile("\u212aate@example.com")
+    assert status_kate == 200
+    assert kate["crm_plan_name"] == "Enterprise"
+    assert status == 400
+    assert "normal form" in body["error"]
+    assert list(crm.calls) == ["kate@example.com"]
