@@ -204,6 +204,12 @@ class MergeSettings(BaseModel):
         description="Most keys one answer carries from its connectors (each connector's "
         "answer is cut there too); a connector cut short gets <prefix>_truncated: true.",
     )
+    max_value_chars: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Longest text value, in characters; a longer one is cut and ends with '…'.",
+    )
 
     @field_validator("meta_prefix")
     @classmethod

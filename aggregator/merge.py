@@ -10,7 +10,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
@@ -39,6 +39,10 @@ MAX_DEPTH = 32
 TRUNCATED = "..."
 CUT_MARKER = "truncated"
 """The key (``<prefix>_truncated: true`` once prefixed) of an answer cut at ``max_keys``."""
+CUT_TEXT = "…"
+"""Ends a text cut at ``max_value_chars``."""
+MAX_KEY_CHARS = 256
+"""Characters of one key of an answer that count; the rest of a longer key is dropped."""
 
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
 _KEY = re.compile(r"[a-z0-9_]+")
@@ -57,10 +61,18 @@ _THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
 
 
-@functools.lru_cache(maxsize=8192)
 def sanitize_key(key: str) -> str:
     """Lower-case ``key``, turn every run of characters outside ``[a-z0-9]`` into one ``_``."""
+    # Only short keys are remembered: long ones would make the cache hold megabytes.
+    return _sanitize_cached(key) if len(key) <= _CACHED_KEY_CHARS else _sanitize(key)
+
+
+def _sanitize(key: str) -> str:
     return _NOT_KEY_CHARS.sub("_", key.lower()).strip("_")
+
+
+_CACHED_KEY_CHARS = 64
+_sanitize_cached = functools.lru_cache(maxsize=8192)(_sanitize)
 
 
 def to_scalar(value: Any) -> Scalar:
@@ -90,7 +102,11 @@ def to_scalar(value: Any) -> Scalar:
 
 
 def flatten(
-    data: Mapping[str, Any], *, max_list_items: int = 3, max_keys: int | None = None
+    data: Mapping[str, Any],
+    *,
+    max_list_items: int = 3,
+    max_keys: int | None = None,
+    max_value_chars: int | None = None,
 ) -> dict[str, Scalar]:
     """Flatten a nested answer into ``{sanitized_key: scalar}`` (CONTRACT section 3).
 
@@ -99,15 +115,20 @@ def flatten(
     Two paths that sanitize to the same key keep both values: the later one
     gets ``_2``, ``_3``, ... With ``max_keys``, the walk stops once that many keys
     are out and one more is found: ``truncated: true`` is then added (the last key).
+    With ``max_value_chars``, a longer text is cut there and ends with ``…``. A key
+    longer than ``MAX_KEY_CHARS`` is cut before it is sanitized.
     """
-    out: dict[str, Scalar] = {}
-    names = _Names(out)
-    limit = None if max_keys is None else max(0, max_keys)
+    walk = _Walk(
+        _Names({}),
+        max(0, max_list_items),
+        None if max_keys is None else max(0, max_keys),
+        None if max_value_chars is None else max(1, max_value_chars),
+    )
     try:
-        _walk(names, (), data, max(0, max_list_items), set(), limit)
+        walk.value((), data)
     except _Full:
-        _mark_cut(names)
-    return out
+        _mark_cut(walk.names)
+    return walk.names.taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +169,7 @@ def merge_profile(
     max_list_items: int = 3,
     flat: bool = False,
     max_keys: int | None = None,
+    max_value_chars: int | None = None,
 ) -> dict[str, Scalar]:
     """Merge every connector's answer into one flat dict; meta first, then config order.
 
@@ -155,7 +177,8 @@ def merge_profile(
     its own order never matters. Names not in ``sources`` are ignored. ``flat=True``
     says every answer is already the output of ``flatten`` (skips flattening again).
     With ``max_keys``, the connectors' fields stop at that many keys in all (meta
-    keys aside); each connector cut short gets ``<prefix>_truncated: true``.
+    keys aside); each connector cut short gets ``<prefix>_truncated: true``. Texts
+    are cut at ``max_value_chars`` when the answers are flattened here.
     """
     out: dict[str, Scalar] = {}
     for key, value in meta.items():
@@ -173,7 +196,16 @@ def merge_profile(
         if answer is None:
             continue
         owner = sanitize_key(source.name)
-        items = answer if flat else flatten(answer, max_list_items=max_list_items, max_keys=budget)
+        items = (
+            answer
+            if flat
+            else flatten(
+                answer,
+                max_list_items=max_list_items,
+                max_keys=budget,
+                max_value_chars=max_value_chars,
+            )
+        )
         if budget is not None:
             if flat and len(items) > budget:
                 items = flatten(items, max_keys=budget)
@@ -204,46 +236,65 @@ class _Full(Exception):
     """Raised inside the walk when one key more than ``max_keys`` was found."""
 
 
-def _walk(
-    names: _Names,
-    path: tuple[str, ...],
-    value: Any,
-    max_items: int,
-    ancestors: set[int],
-    limit: int | None,
-) -> None:
-    if isinstance(value, _CONTAINERS) and (len(path) > MAX_DEPTH or id(value) in ancestors):
-        _emit(names, path, TRUNCATED, limit)
-        return
-    if isinstance(value, str | int | float | bool) or value is None:
-        _emit(names, path, to_scalar(value), limit)
-    elif isinstance(value, Mapping):
-        ancestors.add(id(value))
-        for key, child in value.items():
-            _walk(names, (*path, sanitize_key(str(key))), child, max_items, ancestors, limit)
-        ancestors.discard(id(value))
-    elif isinstance(value, _SEQUENCES):
+@dataclass(slots=True)
+class _Walk:
+    """One flattening: where keys go, and the limits of this answer."""
+
+    names: _Names
+    max_items: int
+    max_keys: int | None
+    max_chars: int | None
+    ancestors: set[int] = field(default_factory=set)
+
+    def value(self, path: tuple[str, ...], value: Any) -> None:
+        """Emit ``value`` (a scalar) or the scalars inside it (a container) under ``path``."""
+        if isinstance(value, _CONTAINERS) and (
+            len(path) > MAX_DEPTH or id(value) in self.ancestors
+        ):
+            self.emit(path, TRUNCATED)
+            return
+        if isinstance(value, str):
+            # Cut before converting: a 30 MB text is not copied whole once more.
+            limit = self.max_chars
+            self.emit(path, to_scalar(value if limit is None else value[: limit + 1]))
+        elif isinstance(value, int | float | bool) or value is None:
+            self.emit(path, to_scalar(value))
+        elif isinstance(value, Mapping):
+            self.ancestors.add(id(value))
+            for key, child in value.items():
+                self.value((*path, sanitize_key(str(key)[:MAX_KEY_CHARS])), child)
+            self.ancestors.discard(id(value))
+        elif isinstance(value, _SEQUENCES):
+            self.sequence(path, value)
+        else:
+            self.emit(path, to_scalar(value))
+
+    def sequence(
+        self, path: tuple[str, ...], value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]
+    ) -> None:
+        """A list of scalars as one text; of containers, the first items and a count."""
         items = _ordered(value)
         if not items:
-            _emit(names, (*path, "count"), 0, limit)
+            self.emit((*path, "count"), 0)
         elif any(isinstance(item, _CONTAINERS) for item in items):
-            ancestors.add(id(value))
-            for index, item in enumerate(items[:max_items]):
-                _walk(names, (*path, str(index)), item, max_items, ancestors, limit)
-            ancestors.discard(id(value))
-            _emit(names, (*path, "count"), len(items), limit)
+            self.ancestors.add(id(value))
+            for index, item in enumerate(items[: self.max_items]):
+                self.value((*path, str(index)), item)
+            self.ancestors.discard(id(value))
+            self.emit((*path, "count"), len(items))
         else:
-            _emit(names, path, _join_scalars(items), limit)
-    else:
-        _emit(names, path, to_scalar(value), limit)
+            self.emit(path, _join_scalars(items))
 
-
-def _emit(names: _Names, path: tuple[str, ...], value: Scalar, limit: int | None) -> None:
-    key = "_".join(part for part in path if part)
-    if key:
-        if limit is not None and len(names.taken) >= limit:
+    def emit(self, path: tuple[str, ...], value: Scalar) -> None:
+        """One key out (renamed if taken), unless its path is empty; _Full past max_keys."""
+        key = "_".join(part for part in path if part)
+        if not key:
+            return
+        if self.max_keys is not None and len(self.names.taken) >= self.max_keys:
             raise _Full
-        names.taken[names.free(key)] = value
+        if isinstance(value, str) and self.max_chars is not None and len(value) > self.max_chars:
+            value = value[: self.max_chars] + CUT_TEXT
+        self.names.taken[self.names.free(key)] = value
 
 
 def _mark_cut(names: _Names) -> None:

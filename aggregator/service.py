@@ -76,6 +76,7 @@ class ProfileService:
         self._deadline = settings.server.deadline
         self._max_list_items = settings.merge.max_list_items
         self._max_keys = settings.merge.max_keys
+        self._max_value_chars = settings.merge.max_value_chars
         self._meta_prefix = settings.merge.meta_prefix
         self._cached_key = sanitize_key(f"{self._meta_prefix}_cached")
 
@@ -297,7 +298,10 @@ class ProfileService:
         for connector, outcome in zip(connectors, outcomes, strict=True):
             if outcome.status == "ok" and outcome.fields is not None:
                 flat = flatten(
-                    outcome.fields, max_list_items=self._max_list_items, max_keys=self._max_keys
+                    outcome.fields,
+                    max_list_items=self._max_list_items,
+                    max_keys=self._max_keys,
+                    max_value_chars=self._max_value_chars,
                 )
                 snapshots[connector.name] = SourceSnapshot(dict(flat), now, "ok")
             elif not outcome.failed:

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from aggregator.config import parse_settings
 from aggregator.errors import ConfigError
-from aggregator.merge import Scalar, Source, flatten, merge_profile, sanitize_key
+from aggregator.merge import (
+    MAX_KEY_CHARS,
+    Scalar,
+    Source,
+    flatten,
+    merge_profile,
+    sanitize_key,
+)
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -217,3 +224,29 @@ def test_a_connector_cut_by_the_answer_cap_keeps_its_own_truncated_field_too() -
         "db_x": 1,
         "db_truncated": True,
     }
+
+
+# --- long texts and keys --------------------------------------------------------------------
+
+
+def test_a_long_text_is_cut_and_ends_with_an_ellipsis() -> None:
+    data = {"note": "x" * 30_000_000, "short": "ok", "tags": ["a" * 50, "b" * 50]}
+    result = flatten(data, max_value_chars=40)
+    assert result == {"note": "x" * 40 + "…", "short": "ok", "tags": "a" * 40 + "…"}
+
+
+def test_a_cut_text_is_cut_the_same_again() -> None:
+    once = flatten({"note": "y" * 100}, max_value_chars=10)
+    assert flatten(once, max_value_chars=10) == once
+
+
+def test_a_key_longer_than_max_key_chars_is_cut() -> None:
+    result = flatten({"k" * 1_000_000: 1, "k" * 300: 2})
+    assert list(result) == ["k" * MAX_KEY_CHARS, "k" * MAX_KEY_CHARS + "_2"]
+
+
+def test_merge_cuts_texts_of_raw_answers() -> None:
+    result = merge_profile(
+        [Source("db", "db")], {"db": {"note": "z" * 99}}, meta={}, max_value_chars=9
+    )
+    assert result == {"db_note": "z" * 9 + "…"}
