@@ -23,11 +23,16 @@ from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from aggregator.errors import ConnectorError, FatalError, RetriableError, UnavailableError
+from aggregator.merge import TRUNCATED
 from connectors.base import Connector, ConnectorSettings
 
 log = logging.getLogger("aggregator.connector.postgres")
 
 SINGLE_QUERY = "query"
+MAX_ROWS = 10_000
+"""Rows a ``many: true`` query reads at most (so ``<name>_count`` stops there too)."""
+MAX_JSON_CHARS = 1_048_576
+"""A longer JSON or JSONB value is shown as ``"..."`` instead of parsed (as rest's body cap)."""
 APPLICATION_NAME = "groove-profile-aggregator"
 _SESSION_DEFAULTS = {"application_name": APPLICATION_NAME, "default_transaction_read_only": "on"}
 
@@ -186,8 +191,10 @@ class PostgresConnector(Connector[PostgresSettings]):
         return None if row is None else _row(row)
 
     async def _fetch_rows(self, pool: asyncpg.Pool, sql: str, email: str) -> list[dict[str, Any]]:
-        async with self._errors(), pool.acquire() as conn:
-            rows = await conn.fetch(sql, email)
+        # A cursor reads MAX_ROWS at most: a query matching millions of rows costs no more.
+        async with self._errors(), pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, email)
+            rows = await cursor.fetch(MAX_ROWS)
         return [_row(row) for row in rows]
 
     async def _get_pool(self) -> asyncpg.Pool:
@@ -281,8 +288,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             typename,
             schema="pg_catalog",
             encoder=lambda value: orjson.dumps(value).decode(),
-            decoder=orjson.loads,
+            decoder=_json_value,
         )
+
+
+def _json_value(text: str) -> Any:
+    """A JSON column's value; one over MAX_JSON_CHARS is not parsed (its keys cost memory)."""
+    return orjson.loads(text) if len(text) <= MAX_JSON_CHARS else TRUNCATED
 
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:
