@@ -4,10 +4,10 @@ A real ``aggregator serve`` process talks to a hostile JSON API (60,000 keys tha
 sanitize alike, 60,000 distinct keys, 1,000-deep nesting, a 50 MB body, an endless
 body, a gzip bomb inflating to 1 GB) and to PostgreSQL rows built the same way (60,000-key
 JSONB documents, deep JSONB, a 5 MB text and a 5 MB JSONB value, a query matching
-millions of rows). Rounds of 18 concurrent requests hit every kind at once (circuit
+millions of rows). Five rounds of 18 concurrent requests hit every kind at once (circuit
 breakers kept shut, so every request reaches its upstreams); each answer must show the
-bound that applied, the resident set must not grow from round to round, and the peak
-(VmHWM in /proc) must stay under 300 MB.
+bound that applied, and the peak resident set (VmHWM in /proc) must stay under 300 MB.
+The resident set after each round is printed.
 
 What bounds it: rest's ``max_body_bytes`` (decompressed bytes), ``merge.max_keys`` and
 ``merge.max_value_chars``, Postgres JSON over 1 MiB left unparsed, ``many`` queries read
