@@ -93,6 +93,19 @@ class ServerSettings(BaseModel):
     drain_timeout: float = Field(
         default=10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
     )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a whole request line and headers; "
+        "a slower connection is answered 408 and closed.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Processes serving the port (--workers overrides); they share one Redis, "
+        "or each keeps its own memory:// cache.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -740,7 +753,8 @@ class _Validator:
     def _check_prefixes(
         self, built: Mapping[str, ConnectorSettings], raw: Mapping[str, Any]
     ) -> None:
-        owners: dict[str, str] = {}
+        """Each prefix must be [a-z0-9_]*; several connectors may share one (even ""): the
+        merge's collision rule decides who keeps a key, and ``aggregator check`` lists it."""
         for name, conf in built.items():
             if not conf.enabled or not _NAME.fullmatch(name):
                 continue
@@ -749,11 +763,3 @@ class _Validator:
             loc: Loc = ("connectors", name, "prefix") if has_key else ("connectors", name)
             if not _PREFIX.fullmatch(prefix):
                 self.reader.problem(loc, "a prefix may only contain a-z, 0-9 and '_'")
-            other = owners.setdefault(prefix, name)
-            if other == name:
-                continue
-            if prefix == "":
-                message = f"only one enabled connector may use prefix '' ({other} does already)"
-            else:
-                message = f"prefix {prefix!r} is already used by connector {other!r}"
-            self.reader.problem(loc, message)

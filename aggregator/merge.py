@@ -215,10 +215,16 @@ def merge_profile(
     return out
 
 
+def currency_exponent(currency: str) -> int:
+    """Decimal places of a currency's minor unit: 2 for eur, 0 for jpy, 3 for kwd."""
+    code = currency.strip().lower()
+    return 0 if code in _ZERO_DECIMAL else 3 if code in _THREE_DECIMAL else 2
+
+
 def money(minor_units: int, currency: str) -> str:
     """Display an amount in minor units: ``"$150.00"``, ``"-$5.00"``, ``"1500 JPY"``."""
     code = currency.strip().lower()
-    exponent = 0 if code in _ZERO_DECIMAL else 3 if code in _THREE_DECIMAL else 2
+    exponent = currency_exponent(code)
     units = Decimal(minor_units)
     if not units.is_finite():
         raise ValueError(f"not an amount: {minor_units!r}")

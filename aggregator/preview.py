@@ -8,6 +8,7 @@ in a hidden field), which fetches the profile bypassing the cache and answers JS
 from __future__ import annotations
 
 import html
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -29,12 +30,14 @@ from aggregator.service import ProfileAnswer
 
 MAX_TEMPLATE_CHARS = 65_536
 MAX_FORM_FIELDS = 100
+MAX_EMAIL_CHARS = 320
+_PLACEHOLDER = re.compile(r"__(NONCE|TOKEN|EMAIL|TEMPLATE)__")
 _STATIC = files("aggregator") / "static"
 
 
 @cache
 def sample_template() -> str:
-    """The Groove template shipped with the package (a copy of examples/groove-template.liquid)."""
+    """The Groove template shipped with the package (examples/groove-template.liquid links here)."""
     return (_STATIC / "groove-template.liquid").read_text(encoding="utf-8")
 
 
@@ -61,20 +64,24 @@ def _headers(nonce: str) -> dict[str, str]:
 
 
 async def page(request: web.Request) -> web.Response:
-    """GET /preview?api_token=T[&email=E]: the HTML page (401 JSON without a valid token)."""
+    """GET /preview?api_token=T[&email=E]: the HTML page (401 JSON without a valid token).
+
+    With ``email`` the form is filled in and the page runs it at once (a deep link).
+    """
     query = request.rel_url.query
     token = query.get("api_token")
     if not token_matches(token, request.app[TOKENS]):
         return json_error(401, "missing or invalid api_token")
     assert token is not None
     nonce = secrets.token_urlsafe(16)
-    body = (
-        _page_source()
-        .replace("__NONCE__", nonce)
-        .replace("__TOKEN__", html.escape(token))
-        .replace("__EMAIL__", html.escape(query.get("email", "")))
-        .replace("__TEMPLATE__", html.escape(sample_template(), quote=False))
-    )
+    values = {
+        "NONCE": nonce,
+        "TOKEN": html.escape(token),
+        "EMAIL": html.escape(query.get("email", "")[:MAX_EMAIL_CHARS]),
+        "TEMPLATE": html.escape(sample_template()),
+    }
+    # One pass over the page's own text: a value is never searched for placeholders again.
+    body = _PLACEHOLDER.sub(lambda match: values[match.group(1)], _page_source())
     return web.Response(
         text=body, content_type="text/html", charset="utf-8", headers=_headers(nonce)
     )
@@ -200,6 +207,15 @@ def _connectors(
                 "detail": outcome.detail,
                 "keys": answer.contributed.get(outcome.name, []),
                 "cache": cache_row,
+                "steps": [
+                    {
+                        "name": step,
+                        "status": result.status,
+                        "elapsed_ms": round(result.elapsed * 1000, 1),
+                        "detail": result.detail,
+                    }
+                    for step, result in outcome.steps.items()
+                ],
             }
         )
     return rows

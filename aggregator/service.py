@@ -307,7 +307,10 @@ class ProfileService:
             elif not outcome.failed:
                 snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
             else:
-                errors[connector.prefix or connector.name] = outcome.status
+                # Connectors sharing a prefix: the first to fail reports <prefix>_error,
+                # the next <connector name>_error (the merge's collision rule).
+                who = connector.prefix or connector.name
+                errors[connector.name if who in errors else who] = outcome.status
                 previous = entry.sources.get(connector.name) if entry is not None else None
                 if (
                     previous is not None
@@ -320,7 +323,8 @@ class ProfileService:
                     stale = True
                 else:
                     snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
-        complete = not errors
+        # A failed further call (a rest step) is missing data too: short freshness, retried soon.
+        complete = not errors and not any(outcome.partial for outcome in outcomes)
         fields = {name: snap.fields for name, snap in snapshots.items()}
 
         meta = meta_keys(
