@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -220,8 +221,6 @@ def field_values(draw: st.DrawFn) -> dict[str, str]:
 
 
 def urlencoded(fields: dict[str, str], charset: str, noise: bytes) -> bytes:
-    from urllib.parse import urlencode
-
     try:
         encoding = charset.partition("=")[2] or "utf-8"
         body = urlencode(fields, encoding=encoding, errors="replace").encode("ascii")
@@ -257,8 +256,8 @@ def preview_requests(draw: st.DrawFn) -> bytes:
         kind = b"multipart/form-data" + (f"; boundary={boundary}".encode() if boundary else b"")
         body = multipart(fields, boundary or "XyZ", noise, draw(st.integers(0, 4)) == 0)
         return post("/preview", kind, body)
-    kind = draw(st.none() | header_bytes)
-    return post("/preview", kind, draw(st.binary(max_size=300)))
+    raw_kind = draw(st.none() | header_bytes)
+    return post("/preview", raw_kind, draw(st.binary(max_size=300)))
 
 
 @settings(parent=FUZZ)
