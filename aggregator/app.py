@@ -5,13 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
 
-from aggregator import handlers, preview, webhooks
+from aggregator import handlers, logs, preview, webhooks
 from aggregator.config import Settings
 from aggregator.keys import CACHE_STATE, LIVE, METRICS, OUTCOMES, SERVICE
 from aggregator.logs import install_redactor
@@ -77,7 +76,7 @@ def client_guard_layer(settings: Settings) -> Layer:
 async def request_log_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line per request: id, route, status, time, cache state, connector outcomes."""
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = logs.request_id(request.headers.get("X-Request-Id"))
     response = await handler(request)
     outcomes = request.get(OUTCOMES, ())
     request_log.info(

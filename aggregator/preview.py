@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -28,6 +29,7 @@ from aggregator.keys import SERVICE
 from aggregator.service import ProfileAnswer
 
 MAX_TEMPLATE_CHARS = 65_536
+MAX_FORM_FIELDS = 100
 MAX_EMAIL_CHARS = 320
 _PLACEHOLDER = re.compile(r"__(NONCE|TOKEN|EMAIL|TEMPLATE)__")
 _STATIC = files("aggregator") / "static"
@@ -85,22 +87,63 @@ async def page(request: web.Request) -> web.Response:
     )
 
 
+class BadForm(ValueError):
+    """The body of ``POST /preview`` cannot be read; the message says why (a 400)."""
+
+
 async def _form(request: web.Request) -> dict[str, str]:
-    if request.content_type == "application/json":
+    """The posted fields: JSON, urlencoded or multipart; BadForm when the body is unreadable.
+
+    Any other content type posts no fields (the token may then come in the query).
+    """
+    kind = request.content_type
+    if kind == "application/json":
         try:
             data = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return {}
+            raise BadForm("the body is not valid JSON") from None
         if not isinstance(data, dict):
-            return {}
+            raise BadForm("the body is not a JSON object")
         return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-    posted = await request.post()
-    return {k: v for k, v in posted.items() if isinstance(v, str)}
+    if kind == "application/x-www-form-urlencoded":
+        return _urlencoded(await request.read(), request.charset or "utf-8")
+    if kind == "multipart/form-data":
+        try:
+            posted = await request.post()
+        except web.HTTPException:
+            raise  # 413 for a body over client_max_size
+        except Exception as exc:
+            # aiohttp's multipart reader raises many types for a malformed body (ValueError,
+            # LookupError, HttpProcessingError, AssertionError...); all of them mean bad input.
+            raise BadForm(f"the multipart body is malformed ({type(exc).__name__})") from None
+        return {k: v for k, v in posted.items() if isinstance(v, str)}
+    return {}
+
+
+def _urlencoded(body: bytes, charset: str) -> dict[str, str]:
+    try:
+        text = body.decode(charset)
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding=charset,
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except LookupError:
+        raise BadForm("the form's charset is not one this proxy knows") from None
+    except ValueError:  # UnicodeDecodeError, or more than MAX_FORM_FIELDS fields
+        raise BadForm(f"the form is not valid {charset} (or has too many fields)") from None
+    return dict(pairs)
 
 
 async def api(request: web.Request) -> web.Response:
     """POST /preview (email, template, api_token): profile, render, per-connector data."""
-    form = await _form(request)
+    try:
+        form = await _form(request)
+    except BadForm as exc:
+        return json_error(400, str(exc))
     token = form.get("api_token", request.rel_url.query.get("api_token"))
     if not token_matches(token, request.app[SERVICE].runtime.tokens):
         return json_error(401, "missing or invalid api_token")

@@ -121,6 +121,8 @@ def store_namespace(settings: Settings) -> str:
     shape = [[name, conf.type, conf.prefix] for name, conf in settings.enabled_connectors()] + [
         settings.merge.max_list_items,
         settings.merge.meta_prefix,
+        settings.merge.max_keys,
+        settings.merge.max_value_chars,
     ]
     digest = hashlib.sha256(orjson.dumps(shape)).hexdigest()[:8]
     return f"{settings.cache.namespace}:{digest}"

@@ -186,6 +186,8 @@ class ProfileService:
         now = self.clock()
         settings = runtime.settings
         max_list_items = settings.merge.max_list_items
+        max_keys = settings.merge.max_keys
+        max_value_chars = settings.merge.max_value_chars
         meta_prefix = settings.merge.meta_prefix
         connectors = runtime.connectors
         snapshots: dict[str, SourceSnapshot] = {}
@@ -193,7 +195,12 @@ class ProfileService:
         stale = False
         for connector, outcome in zip(connectors, outcomes, strict=True):
             if outcome.status == "ok" and outcome.fields is not None:
-                flat = flatten(outcome.fields, max_list_items=max_list_items)
+                flat = flatten(
+                    outcome.fields,
+                    max_list_items=max_list_items,
+                    max_keys=max_keys,
+                    max_value_chars=max_value_chars,
+                )
                 snapshots[connector.name] = SourceSnapshot(dict(flat), now, "ok")
             elif not outcome.failed:
                 snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
@@ -224,7 +231,12 @@ class ProfileService:
         )
         sources = [Source(c.name, c.prefix) for c in connectors]
         profile = merge_profile(
-            sources, fields, meta=meta, max_list_items=max_list_items, flat=True
+            sources,
+            fields,
+            meta=meta,
+            max_list_items=max_list_items,
+            flat=True,
+            max_keys=max_keys,
         )
 
         if stale:
@@ -253,7 +265,11 @@ class ProfileService:
         before: set[str] = set()
         for index, source in enumerate(sources):
             upto = merge_profile(
-                sources[: index + 1], fields, meta={}, max_list_items=max_list_items
+                sources[: index + 1],
+                fields,
+                meta={},
+                max_list_items=max_list_items,
+                max_keys=runtime.settings.merge.max_keys,
             )
             result[source.name] = sorted(set(upto) - before)
             before = set(upto)

@@ -34,11 +34,16 @@ from pydantic import (
 
 from aggregator.errors import ConnectorError, FatalError, RetriableError, UnavailableError
 from aggregator.formats import FieldFormat, apply_formats, parse_format, parse_formats
+from aggregator.merge import TRUNCATED
 from connectors.base import Connector, ConnectorSettings
 
 log = logging.getLogger("aggregator.connector.postgres")
 
 SINGLE_QUERY = "query"
+MAX_ROWS = 10_000
+"""Rows a ``many: true`` query reads at most (so ``<name>_count`` stops there too)."""
+MAX_JSON_CHARS = 1_048_576
+"""A longer JSON or JSONB value is shown as ``"..."`` instead of parsed (as rest's body cap)."""
 DSN_SCHEMES = ("postgresql", "postgres")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,20}")
 APPLICATION_NAME = "groove-profile-aggregator"
@@ -242,8 +247,10 @@ class PostgresConnector(Connector[PostgresSettings]):
         return None if row is None else self._display(_row(row))
 
     async def _fetch_rows(self, pool: asyncpg.Pool, sql: str, email: str) -> list[dict[str, Any]]:
-        async with self._errors(), pool.acquire() as conn:
-            rows = await conn.fetch(sql, email)
+        # A cursor reads MAX_ROWS at most: a query matching millions of rows costs no more.
+        async with self._errors(), pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, email)
+            rows = await cursor.fetch(MAX_ROWS)
         return [self._display(_row(row)) for row in rows]
 
     def _display(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -340,8 +347,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             typename,
             schema="pg_catalog",
             encoder=lambda value: orjson.dumps(value).decode(),
-            decoder=orjson.loads,
+            decoder=_json_value,
         )
+
+
+def _json_value(text: str) -> Any:
+    """A JSON column's value; one over MAX_JSON_CHARS is not parsed (its keys cost memory)."""
+    return orjson.loads(text) if len(text) <= MAX_JSON_CHARS else TRUNCATED
 
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:
