@@ -11,6 +11,8 @@
 #   WHEELHOUSE  where the wheels come from: the `wheels` stage below (default), which
 #               builds them with pip from PyPI, or the name of an image that holds them
 #               ready made in /wheels (the offline build: its containers reach no index).
+# checkov cannot expand build arguments, so it takes FROM ${BASE_IMAGE} for an untagged image:
+#checkov:skip=CKV_DOCKER_7:FROM ${BASE_IMAGE} defaults to python:3.11-slim, a fixed tag
 ARG BASE_IMAGE=python:3.11-slim
 ARG WHEELHOUSE=wheels
 
