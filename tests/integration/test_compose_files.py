@@ -246,6 +246,19 @@ def test_dockerfile_fetches_nothing_but_its_base_image() -> None:
     assert "wheels" in stages
 
 
+def test_the_images_own_services_run_read_only_without_capabilities(
+    compose_model: dict[str, Any],
+) -> None:
+    services = compose_model["services"]
+
+    for name in ("proxy", "crm"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+
+
 def test_upstreams_are_unpublished_on_an_internal_network(compose_model: dict[str, Any]) -> None:
     services = compose_model["services"]
 
