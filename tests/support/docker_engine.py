@@ -1,8 +1,9 @@
 """A private Docker engine for one test: started here, stopped and removed after.
 
 ``dockerd`` runs as root with its own socket, data and state directories under one fresh
-temporary directory, so it shares nothing with a Docker that may already run here, and
-everything it made goes when that directory does. It makes no ``docker0`` bridge
+temporary directory (a tmpfs mounted there when possible: about 1 GB for the compose
+test), so it shares nothing with a Docker that may already run here, and everything it
+made goes when that directory does. It makes no ``docker0`` bridge
 (``--bridge=none``) and changes no firewall rule (``--iptables=false``): no NAT, so
 containers reach nothing beyond this machine. Its HTTP(S) proxy is a closed port on
 127.0.0.1, so any attempt to reach a registry fails at once. After it stops, anything left
@@ -38,6 +39,7 @@ ADDRESS_POOL = "base=172.31.252.0/22,size=26"
 # Connections to this port on 127.0.0.1 are refused: a proxy that goes nowhere.
 NO_PROXY_TARGET = "http://127.0.0.1:9"
 START_TIMEOUT = 60.0
+TMPFS_SIZE = "8g"  # an upper bound: a tmpfs takes memory only for what it holds
 
 
 def mode() -> str:
@@ -84,10 +86,12 @@ def _iptables() -> str:
 
 
 def _mounts_below(directory: Path) -> list[str]:
+    """Mount points at or below ``directory``, innermost first."""
     prefix = f"{directory}/"
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
         points = [line.split()[1] for line in mounts]
-    return sorted((p for p in points if p.startswith(prefix)), reverse=True)
+    inside = (p for p in points if p == str(directory) or p.startswith(prefix))
+    return sorted(inside, reverse=True)
 
 
 def _processes_using(directory: Path) -> list[int]:
@@ -167,7 +171,6 @@ def _start(root: Path) -> DockerEngine:
         **os.environ,
         "DOCKER_HOST": f"unix://{socket}",
         "DOCKER_CONFIG": str(root / "cli"),
-        "COMPOSE_BAKE": "false",
     }
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env.pop(name, None)
@@ -209,7 +212,6 @@ def _stop(engine: DockerEngine) -> list[str]:
     for bridge in sorted(_bridges() - engine.bridges_before):
         subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
     shutil.rmtree(engine.root, ignore_errors=True)
-    time.sleep(0.2)
     if remaining := _processes_using(engine.root):
         leftovers.append(f"processes {remaining}")
     if remaining_mounts := _mounts_below(engine.root):
@@ -235,6 +237,13 @@ def docker_engine() -> Iterator[DockerEngine]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # A short path: the daemon's sockets live under it (108 bytes at most).
         root = Path(tempfile.mkdtemp(prefix="gpa-docker-"))
+        # In memory when possible: removing a couple of GB of image layers from a disk
+        # takes half a minute, unmounting a tmpfs no time. Else on disk.
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(root)],
+            capture_output=True,
+            check=False,
+        )
         engine = _start(root)
         try:
             yield engine
