@@ -7,7 +7,7 @@
 # base image is ever fetched from a registry. Two optional build arguments:
 #   BASE_IMAGE  a Debian-like image with Python >= 3.11 and its venv module, used by every
 #               stage (default python:3.11-slim; the offline compose test uses a Debian
-#               bookworm made with debootstrap, see deploy/compose/offline-images.sh).
+#               bookworm made with debootstrap, see deploy/compose/offline_images.py).
 #   WHEELHOUSE  where the wheels come from: the `wheels` stage below (default), which
 #               builds them with pip from PyPI, or the name of an image that holds them
 #               ready made in /wheels (the offline build: its containers reach no index).
