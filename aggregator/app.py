@@ -6,7 +6,6 @@ import hashlib
 import ipaddress
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from aggregator import handlers, preview, webhooks
+from aggregator import handlers, logs, preview, webhooks
 from aggregator.cache import ProfileStore
 from aggregator.config import Settings
 from aggregator.keys import (
@@ -58,6 +57,8 @@ def store_namespace(settings: Settings) -> str:
     shape = [[name, conf.type, conf.prefix] for name, conf in settings.enabled_connectors()] + [
         settings.merge.max_list_items,
         settings.merge.meta_prefix,
+        settings.merge.max_keys,
+        settings.merge.max_value_chars,
     ]
     digest = hashlib.sha256(orjson.dumps(shape)).hexdigest()[:8]
     return f"{settings.cache.namespace}:{digest}"
@@ -123,7 +124,7 @@ def client_guard_layer(settings: Settings) -> Layer:
 async def request_log_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line per request: id, route, status, time, cache state, connector outcomes."""
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = logs.request_id(request.headers.get("X-Request-Id"))
     response = await handler(request)
     outcomes = request.get(OUTCOMES, ())
     request_log.info(

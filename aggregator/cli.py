@@ -1,9 +1,10 @@
-"""Command line: serve, check, preview, purge, demo."""
+"""Command line: serve, check, preview, purge, demo, template."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -14,16 +15,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from aggregator.app import build_connectors, build_store, create_app
+from aggregator.app import build_connectors, build_store
 from aggregator.cache import ProfileStore
+from aggregator.collisions import collision_report
 from aggregator.config import Settings, load_settings
 from aggregator.emails import InvalidEmail, normalize_email, parse_email
 from aggregator.errors import ConfigError, ConnectorError
 from aggregator.groove import render_sidebar
 from aggregator.logs import setup_logging
+from aggregator.merge import Source
 from aggregator.service import ProfileService
-
-WEAK_TOKENS = {"dev-token", "change-me", "changeme", "secret", "token"}
+from connectors.base import Connector
 
 
 def default_config_path() -> str:
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the proxy")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="processes serving the port (default: server.workers, 1)",
+    )
     commands.add_parser(
         "check", parents=[common], help="validate the config and probe every enabled connector"
     )
@@ -59,8 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the proxy with local sample upstreams (no accounts, no Docker)"
     )
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        help="run this config against the sample upstreams (default: the packaged demo config)",
+    )
+    demo.add_argument(
+        "--database-url",
+        help="PostgreSQL server for the demo's throwaway database "
+        "(default: 127.0.0.1:5432 if it answers, else an embedded one)",
+    )
+    commands.add_parser(
+        "template", help="print the Groove Custom Profile template that fits the shipped config"
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError("must be between 1 and 256")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,14 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from aggregator.demo import run_demo
 
-        return run_demo(args.port)
+        return run_demo(args.port, args.database_url, args.config)
+    if args.command == "template":
+        from aggregator.preview import sample_template
+
+        sys.stdout.write(sample_template())
+        return 0
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"aggregator: configuration refused:\n{exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return serve(settings, args.host, args.port)
+        return serve(settings, args.host, args.port, args.workers)
     if args.command == "check":
         return _run(check(settings))
     if args.command == "preview":
@@ -102,38 +137,57 @@ def install_uvloop() -> bool:
     return True
 
 
-def serve(settings: Settings, host: str | None, port: int | None) -> int:
-    """Run the proxy until SIGINT/SIGTERM, draining in-flight requests."""
-    from aiohttp import web
+def serve(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    workers: int | None = None,
+) -> int:
+    """Run the proxy (``workers`` processes on one port) until SIGINT/SIGTERM, draining."""
+    from aggregator.server import ServeError, bind_socket, plan_listen, serve_socket
 
     setup_logging(settings.logging.level, settings.logging.format)
-    import logging
-
     log = logging.getLogger("aggregator")
-    if any(t.get_secret_value() in WEAK_TOKENS for t in settings.auth.api_tokens):
-        log.warning("auth.api_tokens holds a well-known development token: set GROOVE_API_TOKEN")
-    loop_kind = "uvloop" if install_uvloop() else "asyncio"
-    bind_host = host or settings.server.host
-    bind_port = port or settings.server.port
+    count = workers or settings.server.workers
+    try:
+        plan = plan_listen(settings, host, port, os.environ)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        sock = bind_socket(plan.host, plan.port)
+    except ServeError as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return exc.exit_code
+    loop_kind = "uvloop" if _has_uvloop() else "asyncio"
     names = ", ".join(name for name, _ in settings.enabled_connectors()) or "none"
+    shown_host = f"[{plan.host}]" if ":" in plan.host else plan.host
     log.info(
-        "serving on http://%s:%d%s (%s, cache %s, connectors: %s)",
-        bind_host,
-        bind_port,
+        "serving on http://%s:%d%s (%s, %s, cache %s, connectors: %s)",
+        shown_host,
+        plan.port,
         settings.server.path,
+        f"{count} workers" if count > 1 else "1 process",
         loop_kind,
         settings.cache.url.split("://")[0],
         names,
     )
-    web.run_app(
-        create_app(settings),
-        host=bind_host,
-        port=bind_port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.server.drain_timeout,
-    )
+    if count > 1:
+        from aggregator.workers import run_workers
+
+        return run_workers(settings, sock.detach(), count)
+    install_uvloop()
+    from aggregator.app import create_app
+
+    with sock:
+        asyncio.run(serve_socket(create_app(settings), settings, sock))
     return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 async def check(settings: Settings) -> int:
@@ -169,8 +223,17 @@ async def check(settings: Settings) -> int:
                 print(f"ok   {connector.name} ({connector.settings.type}) {elapsed:.0f} ms")
             finally:
                 await connector.close()
+    for line in _collisions(settings, connectors):
+        print(line)
     print("all checks passed" if not problems else f"{problems} problem(s) found")
     return 1 if problems else 0
+
+
+def _collisions(settings: Settings, connectors: Sequence[Connector[Any]]) -> list[str]:
+    """The keys connectors sharing a prefix can both produce, and who keeps each."""
+    sources = [Source(c.name, c.prefix) for c in connectors]
+    shapes = {c.name: c.declared_shape() for c in connectors}
+    return collision_report(sources, shapes, max_list_items=settings.merge.max_list_items)
 
 
 async def preview(settings: Settings, raw_email: str, template_text: str | None) -> int:
@@ -200,6 +263,12 @@ async def preview(settings: Settings, raw_email: str, template_text: str | None)
             f"{keys} keys{detail}",
             file=sys.stderr,
         )
+        for step, result in outcome.steps.items():
+            why = f" ({result.detail})" if result.detail else ""
+            print(
+                f"    then {step:<7} {result.status:<11} {result.elapsed * 1000:7.1f} ms{why}",
+                file=sys.stderr,
+            )
     if template_text is not None:
         print("\nrendered template:", file=sys.stderr)
         print(render_sidebar(template_text, answer.profile or {}, email))

@@ -100,6 +100,19 @@ class ServerSettings(BaseModel):
     drain_timeout: float = Field(
         default=10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
     )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a whole request line and headers; "
+        "a slower connection is answered 408 and closed.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Processes serving the port (--workers overrides); they share one Redis, "
+        "or each keeps its own memory:// cache.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -204,6 +217,19 @@ class MergeSettings(BaseModel):
         default="profile",
         description="Prefix of the meta keys (profile_complete, ...); sanitized to [a-z0-9_].",
     )
+    max_keys: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most keys one answer carries from its connectors (each connector's "
+        "answer is cut there too); a connector cut short gets <prefix>_truncated: true.",
+    )
+    max_value_chars: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Longest text value, in characters; a longer one is cut and ends with '…'.",
+    )
 
     @field_validator("meta_prefix")
     @classmethod
@@ -304,7 +330,7 @@ def parse_settings(
         # Only problem/context: str(exc) quotes the offending line, which may hold a secret.
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        detail = exc.problem or exc.context or "syntax error"
+        detail = _masked(exc.problem or exc.context or "syntax error")
         raise ConfigError([f"{source}:{line}: invalid YAML: {detail}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
@@ -371,7 +397,7 @@ class _Reader:
     def problem(self, loc: Loc, message: str, line: int | None = None) -> None:
         """Note one problem at ``loc`` (on ``line`` when given)."""
         where = self.line(loc) if line is None else line
-        field = f"{_dotted(loc)}: " if loc else ""
+        field = f"{_shown(loc)}: " if loc else ""
         self.problems.append((where, f"{self.source}:{where}: {field}{message}"))
 
     def value(self, node: yaml.Node, loc: Loc) -> Any:
@@ -441,8 +467,9 @@ class _Reader:
             return self._interpolate(str(node.value), loc)
         try:
             return self._constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            self.problem(loc, f"cannot read value: {exc.problem}")
+        except (yaml.constructor.ConstructorError, ValueError, TypeError, OverflowError):
+            # Neither the value nor its tag is quoted: either may be a misplaced secret.
+            self.problem(loc, "cannot read value: its YAML tag is unknown or does not fit it")
             self.unreadable.append(loc)
             return None
 
@@ -466,7 +493,8 @@ class _Reader:
             value = self.env.get(name)
             secret_file = self.env.get(f"{name}_FILE")
             if secret_file and value is not None:
-                problem = f"both {name} and {name}_FILE are set: keep one"
+                shown = name if _plain_name(f"{name}_FILE") else "a variable"
+                problem = f"both {shown} and {shown}_FILE are set: keep one"
                 self.missing.append(_Missing(loc, name, problem))
                 return ""
             if secret_file:
@@ -489,7 +517,14 @@ class _Reader:
             base = self.source
             if not (base.startswith("<") and base.endswith(">")):
                 file = Path(base).parent / file
-        named = f"secret file {file}" if variable is None else f"{variable}={file}"
+        # Shown only when plainly a path and a variable name: a secret pasted in their place
+        # must not be echoed.
+        path_shown = all(_plain_name(part) for part in file.parts if part != "/")
+        where = str(file) if path_shown else "<hidden path>"
+        if variable is None:
+            named = f"secret file {where}"
+        else:
+            named = f"{variable if _plain_name(variable) else 'a *_FILE variable'}={where}"
         try:
             if not path:
                 problem = "a file reference needs a path: ${file:/run/secrets/name}"
@@ -509,14 +544,69 @@ class _Reader:
         return None
 
 
-def _dotted(loc: Loc) -> str:
+# -- what an error may show --------------------------------------------------------
+#
+# A message names the file, the line and the field, never a value. A secret written by
+# mistake as a key (``sk_live_...: x``), a header name or a variable name would still
+# show through the field's path: a key is shown only when it is a key of the model at
+# that place, or plainly a config key's name outside the containers that hold secrets.
+
+_HIDDEN_KEY = "<hidden key>"
+_SECRET_CONTAINERS = ("auth", "header", "dsn", "secret", "token", "password", "api_key")
+_CREDENTIAL_PREFIXES = ("sk_", "rk_", "pk_", "whsec_", "ghp_", "gho_", "ghs_", "ghu_", "xox")
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")
+# Quoted text of two characters or more ('a' or ':' alone cannot be a secret).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.){2,}'|\"(?:[^\"\\]|\\.){2,}\"")
+
+
+def _plain_name(name: str) -> bool:
+    """A key or variable name safe to print: short, few digits, no credential prefix, and
+    not the mix of upper case, lower case and digits that generated secrets have."""
+    mixed = name != name.lower() and name != name.upper() and any(c.isdigit() for c in name)
+    return (
+        bool(_PLAIN_NAME.fullmatch(name))
+        and sum(c.isdigit() for c in name) <= 4
+        and not mixed
+        and not name.lower().startswith(_CREDENTIAL_PREFIXES)
+    )
+
+
+def _secret_holder(loc: Loc) -> bool:
+    """True when ``loc`` is, or lies inside, a value that may hold a secret.
+
+    Judged by the names of fields (``auth``, ``headers``, ``dsn``, ``api_key``, ...);
+    a connector's own name is not a field and does not count.
+    """
+    fields = [
+        part.lower()
+        for depth, part in enumerate(loc)
+        if isinstance(part, str) and not (depth == 1 and loc[0] == "connectors")
+    ]
+    return any(word in field for field in fields for word in _SECRET_CONTAINERS)
+
+
+def _key_shown(parent: Loc, key: str) -> bool:
+    known = _model_keys(Settings, parent) if all(isinstance(p, str) for p in parent) else None
+    if known is not None and key in known:
+        return True
+    return not _secret_holder(parent) and _plain_name(key)
+
+
+def _shown(loc: Loc) -> str:
+    """``loc`` as ``a.b[0].c``, each key that may be a secret as ``<hidden key>``."""
     out = ""
-    for part in loc:
+    for depth, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
+            continue
+        name = part if _key_shown(loc[:depth], part) else _HIDDEN_KEY
+        out += f".{name}" if out else name
     return out
+
+
+def _masked(message: str, loc: Loc | None = None) -> str:
+    """``message`` with its quoted parts hidden where ``loc`` may hold a secret (None: always)."""
+    return _QUOTED.sub("'<hidden>'", message) if loc is None or _secret_holder(loc) else message
 
 
 # -- validation ---------------------------------------------------------------------
@@ -553,7 +643,7 @@ def _message(err: ErrorDetails, model: type[BaseModel], rel: Loc) -> str:
     msg = err["msg"]
     for noise in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(noise)
-    return msg
+    return _masked(msg, rel)
 
 
 def _placeholder(
@@ -607,12 +697,20 @@ class _Validator:
                 and missing.loc[1] in disabled
             ):
                 continue
-            reader.problem(
-                missing.loc,
-                missing.problem
-                or f"environment variable {missing.name} is not set "
-                f"(set it, or write ${{{missing.name}:-default}})",
-            )
+            if missing.problem:
+                reader.problem(missing.loc, missing.problem)
+            elif _plain_name(missing.name):
+                reader.problem(
+                    missing.loc,
+                    f"environment variable {missing.name} is not set "
+                    f"(set it, or write ${{{missing.name}:-default}})",
+                )
+            else:
+                reader.problem(
+                    missing.loc,
+                    "an environment variable named here is not set (its name looks like a "
+                    "secret, so it is not shown: write ${NAME} with the variable's name)",
+                )
         built: dict[str, ConnectorSettings] = {}
         for name, raw in raw_connectors.items():
             conf = self._connector(name, raw, name in disabled)
@@ -714,7 +812,8 @@ class _Validator:
     def _check_prefixes(
         self, built: Mapping[str, ConnectorSettings], raw: Mapping[str, Any]
     ) -> None:
-        owners: dict[str, str] = {}
+        """Each prefix must be [a-z0-9_]*; several connectors may share one (even ""): the
+        merge's collision rule decides who keeps a key, and ``aggregator check`` lists it."""
         for name, conf in built.items():
             if not conf.enabled or not _NAME.fullmatch(name):
                 continue
@@ -723,11 +822,3 @@ class _Validator:
             loc: Loc = ("connectors", name, "prefix") if has_key else ("connectors", name)
             if not _PREFIX.fullmatch(prefix):
                 self.reader.problem(loc, "a prefix may only contain a-z, 0-9 and '_'")
-            other = owners.setdefault(prefix, name)
-            if other == name:
-                continue
-            if prefix == "":
-                message = f"only one enabled connector may use prefix '' ({other} does already)"
-            else:
-                message = f"prefix {prefix!r} is already used by connector {other!r}"
-            self.reader.problem(loc, message)

@@ -1,12 +1,22 @@
-"""Normalize and validate the email Groove sends."""
+"""Normalize and validate the email Groove sends.
+
+The rule (also in the README): trim, then refuse an address that holds control or
+invisible format characters or that Unicode NFKC normalization would change
+(compatibility forms such as the KELVIN SIGN, fullwidth letters, ligatures, and
+decomposed accents), then lower-case (and check the result the same way). Lower-casing
+is the only way two spellings meet on one cache key: ``\u212aate@x.com`` is refused,
+never read as ``kate@x.com``.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 MAX_EMAIL_LENGTH = 254
 MAX_LOCAL_LENGTH = 64
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co"})
 _ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+$")
 
 
@@ -76,9 +86,17 @@ def _fix_plus(email: str) -> str:
 
 
 def _normalize(raw: str) -> str:
-    email = raw.strip().lower()
+    email = raw.strip()
     if not email:
         raise InvalidEmail("the email parameter is empty")
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise InvalidEmail(f"the email is longer than {MAX_EMAIL_LENGTH} characters")
+    if not email.isascii():
+        _check_unicode(email)
+        email = email.lower()
+        _check_unicode(email)  # lower() of a plain letter may be a combining sequence
+    else:
+        email = email.lower()
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidEmail(f"the email is longer than {MAX_EMAIL_LENGTH} characters")
     email = _fix_plus(email)
@@ -86,3 +104,14 @@ def _normalize(raw: str) -> str:
     if not _ADDRESS.match(email) or len(local) > MAX_LOCAL_LENGTH:
         raise InvalidEmail("the email is not a valid address")
     return email
+
+
+def _check_unicode(email: str) -> None:
+    """InvalidEmail unless ``email`` is plain text that NFKC leaves as it is."""
+    if any(unicodedata.category(char) in _HIDDEN_CATEGORIES for char in email):
+        raise InvalidEmail("the email contains control or invisible characters")
+    if unicodedata.normalize("NFKC", email) != email:
+        raise InvalidEmail(
+            "the email is not in Unicode normal form NFKC (it holds a character such as "
+            "the Kelvin sign, a fullwidth letter or a separate accent): write it plainly"
+        )

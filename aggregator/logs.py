@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+def request_id(sent: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a plain token (<= 128 characters from
+    ``[A-Za-z0-9._:/+=-]``), else a new random id: a log line carries no forged fields."""
+    if sent is not None and _REQUEST_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex[:16]
 
 
 class TextFormatter(logging.Formatter):

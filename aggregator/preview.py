@@ -8,12 +8,14 @@ in a hidden field), which fetches the profile bypassing the cache and answers JS
 from __future__ import annotations
 
 import html
+import re
 import secrets
 import time
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -27,12 +29,15 @@ from aggregator.keys import SERVICE, TOKENS
 from aggregator.service import ProfileAnswer
 
 MAX_TEMPLATE_CHARS = 65_536
+MAX_FORM_FIELDS = 100
+MAX_EMAIL_CHARS = 320
+_PLACEHOLDER = re.compile(r"__(NONCE|TOKEN|EMAIL|TEMPLATE)__")
 _STATIC = files("aggregator") / "static"
 
 
 @cache
 def sample_template() -> str:
-    """The Groove template shipped with the package (a copy of examples/groove-template.liquid)."""
+    """The Groove template shipped with the package (examples/groove-template.liquid links here)."""
     return (_STATIC / "groove-template.liquid").read_text(encoding="utf-8")
 
 
@@ -59,41 +64,86 @@ def _headers(nonce: str) -> dict[str, str]:
 
 
 async def page(request: web.Request) -> web.Response:
-    """GET /preview?api_token=T[&email=E]: the HTML page (401 JSON without a valid token)."""
+    """GET /preview?api_token=T[&email=E]: the HTML page (401 JSON without a valid token).
+
+    With ``email`` the form is filled in and the page runs it at once (a deep link).
+    """
     query = request.rel_url.query
     token = query.get("api_token")
     if not token_matches(token, request.app[TOKENS]):
         return json_error(401, "missing or invalid api_token")
     assert token is not None
     nonce = secrets.token_urlsafe(16)
-    body = (
-        _page_source()
-        .replace("__NONCE__", nonce)
-        .replace("__TOKEN__", html.escape(token))
-        .replace("__EMAIL__", html.escape(query.get("email", "")))
-        .replace("__TEMPLATE__", html.escape(sample_template(), quote=False))
-    )
+    values = {
+        "NONCE": nonce,
+        "TOKEN": html.escape(token),
+        "EMAIL": html.escape(query.get("email", "")[:MAX_EMAIL_CHARS]),
+        "TEMPLATE": html.escape(sample_template()),
+    }
+    # One pass over the page's own text: a value is never searched for placeholders again.
+    body = _PLACEHOLDER.sub(lambda match: values[match.group(1)], _page_source())
     return web.Response(
         text=body, content_type="text/html", charset="utf-8", headers=_headers(nonce)
     )
 
 
+class BadForm(ValueError):
+    """The body of ``POST /preview`` cannot be read; the message says why (a 400)."""
+
+
 async def _form(request: web.Request) -> dict[str, str]:
-    if request.content_type == "application/json":
+    """The posted fields: JSON, urlencoded or multipart; BadForm when the body is unreadable.
+
+    Any other content type posts no fields (the token may then come in the query).
+    """
+    kind = request.content_type
+    if kind == "application/json":
         try:
             data = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return {}
+            raise BadForm("the body is not valid JSON") from None
         if not isinstance(data, dict):
-            return {}
+            raise BadForm("the body is not a JSON object")
         return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-    posted = await request.post()
-    return {k: v for k, v in posted.items() if isinstance(v, str)}
+    if kind == "application/x-www-form-urlencoded":
+        return _urlencoded(await request.read(), request.charset or "utf-8")
+    if kind == "multipart/form-data":
+        try:
+            posted = await request.post()
+        except web.HTTPException:
+            raise  # 413 for a body over client_max_size
+        except Exception as exc:
+            # aiohttp's multipart reader raises many types for a malformed body (ValueError,
+            # LookupError, HttpProcessingError, AssertionError...); all of them mean bad input.
+            raise BadForm(f"the multipart body is malformed ({type(exc).__name__})") from None
+        return {k: v for k, v in posted.items() if isinstance(v, str)}
+    return {}
+
+
+def _urlencoded(body: bytes, charset: str) -> dict[str, str]:
+    try:
+        text = body.decode(charset)
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding=charset,
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except LookupError:
+        raise BadForm("the form's charset is not one this proxy knows") from None
+    except ValueError:  # UnicodeDecodeError, or more than MAX_FORM_FIELDS fields
+        raise BadForm(f"the form is not valid {charset} (or has too many fields)") from None
+    return dict(pairs)
 
 
 async def api(request: web.Request) -> web.Response:
     """POST /preview (email, template, api_token): profile, render, per-connector data."""
-    form = await _form(request)
+    try:
+        form = await _form(request)
+    except BadForm as exc:
+        return json_error(400, str(exc))
     token = form.get("api_token", request.rel_url.query.get("api_token"))
     if not token_matches(token, request.app[TOKENS]):
         return json_error(401, "missing or invalid api_token")
@@ -157,6 +207,15 @@ def _connectors(
                 "detail": outcome.detail,
                 "keys": answer.contributed.get(outcome.name, []),
                 "cache": cache_row,
+                "steps": [
+                    {
+                        "name": step,
+                        "status": result.status,
+                        "elapsed_ms": round(result.elapsed * 1000, 1),
+                        "detail": result.detail,
+                    }
+                    for step, result in outcome.steps.items()
+                ],
             }
         )
     return rows

@@ -34,7 +34,17 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("logging", LoggingSettings),
     ("webhooks", WebhookSettings),
 ]
-BUILT_IN_TYPES = ("stripe", "postgres", "rest")
+BUILT_IN_TYPES = (
+    "stripe",
+    "postgres",
+    "rest",
+    "hubspot",
+    "salesforce",
+    "intercom",
+    "shopify",
+    "zendesk",
+    "pipedrive",
+)
 
 
 def _type_name(annotation: Any) -> str:
@@ -102,7 +112,40 @@ def config_reference() -> str:
         lines += [f"#### `type: {type_name}`", ""]
         lines += _table(_rows(model, skip=base - _overridden(model)))
         lines.append("")
+        for path, nested in _nested(model):
+            lines += [f"#### `type: {type_name}`: `{path}`", "", *_table(_rows(nested)), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _models_in(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
+    """Models a field holds: directly, optionally, or as dict values (``.<name>``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [("", annotation)]
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is dict and len(args) == 2:
+        return [(".<name>", model) for _, model in _models_in(args[1])]
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return [found for arg in args for found in _models_in(arg)]
+    return []
+
+
+def _nested(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    """Every nested settings model under ``model`` once, with the key paths that hold it."""
+    paths: dict[type[BaseModel], list[str]] = {}
+
+    def walk(current: type[BaseModel], at: str) -> None:
+        for name, field in current.model_fields.items():
+            for suffix, inner in _models_in(field.annotation):
+                path = f"{at}{name}{suffix}"
+                if inner not in paths:
+                    paths[inner] = [path]
+                    walk(inner, f"{path}.")
+                else:
+                    paths[inner].append(path)
+
+    walk(model, prefix)
+    return [("`, `".join(found), inner) for inner, found in paths.items()]
 
 
 def _overridden(model: type[ConnectorSettings]) -> frozenset[str]:

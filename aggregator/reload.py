@@ -28,7 +28,15 @@ from connectors.base import Connector
 log = logging.getLogger("aggregator.reload")
 
 POLL_SECONDS = 2.0
-RESTART_ONLY = ("host", "port", "access_log", "max_request_line", "max_header_size")
+RESTART_ONLY = (
+    "host",
+    "port",
+    "access_log",
+    "max_request_line",
+    "max_header_size",
+    "header_timeout",
+    "workers",
+)
 
 
 class Reloader:

@@ -75,6 +75,8 @@ class ProfileService:
         self._refresh_ahead = settings.cache.refresh_ahead
         self._deadline = settings.server.deadline
         self._max_list_items = settings.merge.max_list_items
+        self._max_keys = settings.merge.max_keys
+        self._max_value_chars = settings.merge.max_value_chars
         self._meta_prefix = settings.merge.meta_prefix
         self._cached_key = sanitize_key(f"{self._meta_prefix}_cached")
 
@@ -295,12 +297,20 @@ class ProfileService:
         sources = [Source(c.name, c.prefix) for c in connectors]
         for connector, outcome in zip(connectors, outcomes, strict=True):
             if outcome.status == "ok" and outcome.fields is not None:
-                flat = flatten(outcome.fields, max_list_items=self._max_list_items)
+                flat = flatten(
+                    outcome.fields,
+                    max_list_items=self._max_list_items,
+                    max_keys=self._max_keys,
+                    max_value_chars=self._max_value_chars,
+                )
                 snapshots[connector.name] = SourceSnapshot(dict(flat), now, "ok")
             elif not outcome.failed:
                 snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
             else:
-                errors[connector.prefix or connector.name] = outcome.status
+                # Connectors sharing a prefix: the first to fail reports <prefix>_error,
+                # the next <connector name>_error (the merge's collision rule).
+                who = connector.prefix or connector.name
+                errors[connector.name if who in errors else who] = outcome.status
                 previous = entry.sources.get(connector.name) if entry is not None else None
                 if (
                     previous is not None
@@ -313,7 +323,8 @@ class ProfileService:
                     stale = True
                 else:
                     snapshots[connector.name] = SourceSnapshot(None, now, outcome.status)
-        complete = not errors
+        # A failed further call (a rest step) is missing data too: short freshness, retried soon.
+        complete = not errors and not any(outcome.partial for outcome in outcomes)
         fields = {name: snap.fields for name, snap in snapshots.items()}
 
         meta = meta_keys(
@@ -325,7 +336,12 @@ class ProfileService:
             errors=errors,
         )
         profile = merge_profile(
-            sources, fields, meta=meta, max_list_items=self._max_list_items, flat=True
+            sources,
+            fields,
+            meta=meta,
+            max_list_items=self._max_list_items,
+            flat=True,
+            max_keys=self._max_keys,
         )
 
         if stale:
@@ -352,7 +368,11 @@ class ProfileService:
         before: set[str] = set()
         for index, source in enumerate(self._sources):
             upto = merge_profile(
-                self._sources[: index + 1], fields, meta={}, max_list_items=self._max_list_items
+                self._sources[: index + 1],
+                fields,
+                meta={},
+                max_list_items=self._max_list_items,
+                max_keys=self._max_keys,
             )
             result[source.name] = sorted(set(upto) - before)
             before = set(upto)

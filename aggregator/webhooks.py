@@ -29,13 +29,51 @@ class CustomerDirectory(Protocol):
         """The customer's email, or None."""
 
 
+class NotAnEvent(ValueError):
+    """A validly signed payload that is not shaped like a Stripe event; says what is wrong."""
+
+
+def event_parts(payload: bytes) -> tuple[str, Mapping[str, Any], Mapping[str, Any]]:
+    """The type, ``data.object`` and ``data.previous_attributes`` of an event; NotAnEvent else.
+
+    Only the structure the proxy walks is checked (an email of another type is
+    simply not used): the event, ``data``, its object, ``previous_attributes`` and
+    ``billing_details`` must be objects (the last two may be null), ``type`` text and
+    ``customer`` an id or an object.
+    """
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise NotAnEvent("the body is not JSON this proxy reads (nested too deep?)") from None
+    if not isinstance(event, dict):
+        raise NotAnEvent("the body is not a JSON object")
+    event_type = event.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise NotAnEvent("'type' is not a non-empty string")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise NotAnEvent("'data.object' is not an object")
+    obj: dict[str, Any] = data["object"]
+    previous = data.get("previous_attributes")
+    if previous is None:
+        previous = {}
+    if not isinstance(previous, dict):
+        raise NotAnEvent("'data.previous_attributes' is not an object")
+    if not isinstance(obj.get("billing_details"), dict | None):
+        raise NotAnEvent("'billing_details' is not an object")
+    if not isinstance(obj.get("customer"), str | dict | None):
+        raise NotAnEvent("'customer' is neither an id nor an object")
+    return event_type, obj, previous
+
+
 def emails_in_event(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> set[str]:
     """Emails written in the event's object itself (customer, charge, invoice)."""
     found: set[str] = set()
+    billing = obj.get("billing_details")
     candidates: list[Any] = [
         obj.get("customer_email"),
         obj.get("receipt_email"),
-        (obj.get("billing_details") or {}).get("email"),
+        billing.get("email") if isinstance(billing, Mapping) else None,
         previous.get("email"),
     ]
     if obj.get("object") == "customer":
@@ -87,21 +125,21 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     if len(payload) > MAX_EVENT_BYTES:
         return json_error(413, "event too large")
     signature = request.headers.get("Stripe-Signature", "")
+    if not signature.isascii():
+        return json_error(400, "invalid Stripe-Signature or payload")
     try:
-        stripe.Webhook.construct_event(payload, signature, secret.get_secret_value())
+        stripe.WebhookSignature.verify_header(
+            payload, signature, secret.get_secret_value(), stripe.Webhook.DEFAULT_TOLERANCE
+        )
     except (stripe.SignatureVerificationError, ValueError):
         return json_error(400, "invalid Stripe-Signature or payload")
     try:
-        event = orjson.loads(payload)
-        event_type = str(event["type"])
-        data = event.get("data") or {}
-        obj = data["object"]
-        previous = data.get("previous_attributes") or {}
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return json_error(400, "not a Stripe event")
-    if not is_watched(event_type) or not isinstance(obj, Mapping):
+        event_type, obj, previous = event_parts(payload)
+    except NotAnEvent as exc:
+        return json_error(400, f"not a Stripe event: {exc}")
+    if not is_watched(event_type):
         return _answer(event_type, 0)
-    emails = emails_in_event(obj, previous if isinstance(previous, Mapping) else {})
+    emails = emails_in_event(obj, previous)
     customer_id = customer_id_of(obj)
     directory = _directory(request)
     if customer_id and directory is not None and (not emails or event_type.startswith("sub")):

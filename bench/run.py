@@ -90,10 +90,10 @@ class Bench:
 
     # -- processes ----------------------------------------------------------------------
 
-    def _cores(self, core: int) -> list[str]:
-        return ["taskset", "-c", str(core)] if self.pin else []
+    def _cores(self, core: int | None) -> list[str]:
+        return ["taskset", "-c", str(core)] if self.pin and core is not None else []
 
-    def spawn(self, cmd: Sequence[str], core: int, *, stdout_pipe: bool = False) -> Any:
+    def spawn(self, cmd: Sequence[str], core: int | None, *, stdout_pipe: bool = False) -> Any:
         """Start a process (on one core when pinning); stderr goes to a log file."""
         self._files += 1
         log = (self.work / f"proc{self._files}.log").open("wb")
@@ -125,7 +125,7 @@ class Bench:
         for proc in list(reversed(self.procs)):
             self.stop(proc)
 
-    def start_script(self, *args: str, core: int = 1) -> tuple[Any, list[int]]:
+    def start_script(self, *args: str, core: int | None = 1) -> tuple[Any, list[int]]:
         """Run bench/servers.py with ``args``; its process and the ports it listens on."""
         proc = self.spawn([PY, str(HERE / "servers.py"), *args], core, stdout_pipe=True)
         line = proc.stdout.readline().decode()
@@ -156,11 +156,17 @@ class Bench:
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
 
-    def start_proxy(self, config: Path, core: int = 0, wrap: Sequence[str] = ()) -> tuple[Any, int]:
+    def start_proxy(
+        self,
+        config: Path,
+        core: int | None = 0,
+        wrap: Sequence[str] = (),
+        args: Sequence[str] = (),
+    ) -> tuple[Any, int]:
         """``python -m aggregator serve`` on a free port; waits until /healthz answers."""
         port = free_port()
         cmd = [*wrap, PY, "-m", "aggregator", "serve", "--config", str(config), "--port", str(port)]
-        proc = self.spawn(cmd, core)
+        proc = self.spawn([*cmd, *args], core)
         wait_healthy(proc, port)
         return proc, port
 
@@ -171,8 +177,13 @@ class Bench:
         """Which tool drives the throughput runs."""
         return "wrk 1 thread" if self.wrk else "bench/loadgen.py (Python; wrk not found)"
 
-    def throughput(self, port: int, paths: Sequence[str], seconds: float) -> dict[str, float]:
-        """Closed-loop load at 50 connections for ``seconds``: rps, p50_ms, p99_ms, errors."""
+    def throughput(
+        self, port: int, paths: Sequence[str], seconds: float, *, threads: int = 1
+    ) -> dict[str, float]:
+        """Closed-loop load at 50 connections for ``seconds``: rps, p50_ms, p99_ms, errors.
+
+        ``threads`` > 1: wrk's threads, not pinned (for the runs whose server uses every core).
+        """
         if self.wrk is None:
             urls = [f"http://127.0.0.1:{port}{p}" for p in paths]
             res = self.loadgen(urls, 50, seconds=seconds)
@@ -187,9 +198,9 @@ class Bench:
             }
         paths_file = self.write_lines(paths)
         cmd = [
-            *self._cores(1),
+            *(self._cores(1) if threads == 1 else []),
             self.wrk,
-            "-t1",
+            f"-t{threads}",
             "-c50",
             f"-d{seconds:g}s",
             "--timeout",
@@ -412,6 +423,55 @@ def bench_cached(bench: Bench, conf: Profile) -> list[Row]:
         )
     if not bench.redis_ok:
         rows.append(Row("1 cached hit", "redis cache", f"skipped: no Redis at {bench.redis_url}"))
+    return rows
+
+
+def bench_workers(bench: Bench, conf: Profile) -> list[Row]:
+    """6. Cached hits with ``serve --workers 1`` and ``--workers 2``, nothing pinned.
+
+    Every process (the workers, wrk with 2 threads, the upstream) floats over all cores,
+    so with 2 cores the load generator takes a share the workers cannot use.
+    """
+    upstream, ports = bench.start_script("upstreams", "0,0,0", core=None)
+    emails = [f"workers-{i}@example.com" for i in range(100)]
+    paths = [profile_path(e) for e in emails]
+    caches = [("memory", "memory://")]
+    if bench.redis_ok:
+        caches.append(("redis", bench.redis_url))
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    for kind, url in caches:
+        for workers in (1, 2):
+            config = bench.write_config(ports, url)
+            proxy, port = bench.start_proxy(config, core=None, args=["--workers", str(workers)])
+            for path in paths:  # warms Redis; each worker warms its own memory cache below
+                http_get(f"http://127.0.0.1:{port}{path}")
+            bench.throughput(port, paths, conf.warm_seconds, threads=2)
+            results[kind, workers] = bench.throughput(port, paths, conf.cached_seconds, threads=2)
+            bench.stop(proxy)
+    bench.stop(upstream)
+    rows = []
+    for kind, _ in caches:
+        one, two = results[kind, 1], results[kind, 2]
+        for workers, res in ((1, one), (2, two)):
+            errors = f" ({res['errors']:.0f} errors!)" if res["errors"] else ""
+            rows.append(
+                Row(
+                    "6 workers",
+                    f"{kind} cache, --workers {workers}: throughput{errors}",
+                    f"{res['rps']:,.0f} req/s",
+                    "info" if workers == 1 else "> 1 worker",
+                    "" if workers == 1 else f"{one['rps']:,.0f} req/s",
+                    "" if workers == 1 else f"{res['rps'] / one['rps']:.2f}x",
+                    None if workers == 1 else res["rps"] > one["rps"] and not res["errors"],
+                )
+            )
+            rows.append(
+                Row(
+                    "6 workers",
+                    f"{kind} cache, --workers {workers}: p50 / p99",
+                    f"{fmt_ms(res['p50_ms'])} / {fmt_ms(res['p99_ms'])}",
+                )
+            )
     return rows
 
 
@@ -705,7 +765,7 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5",
+        default="1,2,3,4,5,6",
         help="comma-separated benchmark numbers to run (default: all)",
     )
     args = parser.parse_args()
@@ -745,6 +805,8 @@ def main() -> int:
                 profile += bench_profile(bench, conf)
                 profile += ["", "### cold fan-out (20/50/80 ms upstreams, 50 concurrent)", ""]
                 profile += bench_profile(bench, conf, cold=True)
+            if 6 in only:
+                rows += bench_workers(bench, conf)
         finally:
             bench.stop_all()
             bench.redis_cleanup()

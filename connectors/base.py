@@ -11,7 +11,8 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import aiohttp
@@ -58,6 +59,32 @@ class ConnectorSettings(BaseModel):
 
 SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
 
+_BUDGET_END: ContextVar[float | None] = ContextVar("connector_budget_end", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """How one further call of a fetch went (a rest connector's ``then`` step)."""
+
+    status: Status
+    elapsed: float
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """True for timeout, unavailable and error."""
+        return self.status in FAILED
+
+
+class Answer(dict[str, Any]):
+    """The fields ``_fetch`` returns, with the outcome of each further call it made."""
+
+    def __init__(
+        self, fields: Mapping[str, Any], steps: Mapping[str, StepOutcome] | None = None
+    ) -> None:
+        super().__init__(fields)
+        self.steps: dict[str, StepOutcome] = dict(steps or {})
+
 
 @dataclass(slots=True)
 class FetchOutcome:
@@ -69,11 +96,17 @@ class FetchOutcome:
     elapsed: float
     attempts: int = 1
     detail: str = ""
+    steps: Mapping[str, StepOutcome] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
         """True for timeout, unavailable and error; an unknown customer is not a failure."""
         return self.status in FAILED
+
+    @property
+    def partial(self) -> bool:
+        """True when the first call answered but a further call (step) failed."""
+        return any(step.failed for step in self.steps.values())
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
@@ -90,15 +123,23 @@ class Connector(abc.ABC, Generic[SettingsT]):
     """
 
     settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+    # True: the connector applies ``retries``, ``rate_limit`` and ``max_concurrency`` to
+    # each upstream call itself, so ``fetch`` runs ``_fetch`` once, unthrottled.
+    manages_calls: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: SettingsT) -> None:
         self.name = name
         self.settings = settings
         self.circuit = CircuitBreaker(settings.circuit_failures, settings.circuit_reset)
+        per_fetch = not self.manages_calls
         self._semaphore = (
-            asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
+            asyncio.Semaphore(settings.max_concurrency)
+            if per_fetch and settings.max_concurrency
+            else None
         )
-        self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self._limiter = (
+            RateLimiter(settings.rate_limit) if per_fetch and settings.rate_limit else None
+        )
 
     @property
     def prefix(self) -> str:
@@ -114,6 +155,25 @@ class Connector(abc.ABC, Generic[SettingsT]):
     async def check(self) -> None:
         """Probe the upstream for ``aggregator check``; raise a ConnectorError on a problem."""
         await self._fetch("aggregator-check@example.invalid")
+
+    def declared_shape(self) -> Mapping[str, Any] | None:
+        """The answer's shape as far as the config tells, for ``aggregator check``.
+
+        Nested mappings with None for each scalar and ``[shape]`` for a list of objects;
+        None when nothing can be known before a fetch. Used to list the keys that can
+        collide with another connector's.
+        """
+        return None
+
+    @staticmethod
+    def budget_end() -> float | None:
+        """Loop time by which the running fetch must be done (None outside ``fetch``)."""
+        return _BUDGET_END.get()
+
+    async def _pace(self) -> None:
+        """Wait for the rate limit before a further call inside one fetch."""
+        if self._limiter is not None:
+            await self._limiter.acquire()
 
     @abc.abstractmethod
     async def _fetch(self, email: str) -> Mapping[str, Any] | None:
@@ -131,6 +191,7 @@ class Connector(abc.ABC, Generic[SettingsT]):
         attempts = 0
         while True:
             attempts += 1
+            marker = _BUDGET_END.set(budget_end)
             try:
                 async with asyncio.timeout_at(budget_end):
                     fields = await self._guarded_fetch(email)
@@ -142,7 +203,8 @@ class Connector(abc.ABC, Generic[SettingsT]):
                 return self._outcome("timeout", None, started, attempts, "timed out")
             except RetriableError as exc:
                 pause = self._backoff(attempts, exc.retry_after)
-                if attempts <= self.settings.retries and loop.time() + pause < budget_end:
+                retry = not self.manages_calls and attempts <= self.settings.retries
+                if retry and loop.time() + pause < budget_end:
                     await asyncio.sleep(pause)
                     continue
                 self.circuit.record_failure()
@@ -157,12 +219,17 @@ class Connector(abc.ABC, Generic[SettingsT]):
                     return self._outcome("unavailable", None, started, attempts, "unreachable")
                 log.warning("connector %s raised %s", self.name, type(exc).__name__)
                 return self._outcome("error", None, started, attempts, type(exc).__name__)
+            finally:
+                _BUDGET_END.reset(marker)
             self.circuit.record_success()
             if fields is None:
                 return self._outcome("not_found", None, started, attempts)
             if not isinstance(fields, Mapping):
                 return self._outcome("error", None, started, attempts, "not a mapping")
-            return self._outcome("ok", fields, started, attempts)
+            outcome = self._outcome("ok", fields, started, attempts)
+            if isinstance(fields, Answer):
+                outcome.steps = fields.steps
+            return outcome
 
     async def _guarded_fetch(self, email: str) -> Mapping[str, Any] | None:
         if self._limiter is not None:

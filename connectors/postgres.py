@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
@@ -20,14 +21,31 @@ import asyncpg
 import orjson
 from asyncpg import exceptions as pgerr
 from asyncpg.pool import PoolConnectionProxy
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aggregator.errors import ConnectorError, FatalError, RetriableError, UnavailableError
+from aggregator.formats import FieldFormat, apply_formats, parse_format, parse_formats
+from aggregator.merge import TRUNCATED
 from connectors.base import Connector, ConnectorSettings
 
 log = logging.getLogger("aggregator.connector.postgres")
 
 SINGLE_QUERY = "query"
+MAX_ROWS = 10_000
+"""Rows a ``many: true`` query reads at most (so ``<name>_count`` stops there too)."""
+MAX_JSON_CHARS = 1_048_576
+"""A longer JSON or JSONB value is shown as ``"..."`` instead of parsed (as rest's body cap)."""
+DSN_SCHEMES = ("postgresql", "postgres")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,20}")
 APPLICATION_NAME = "groove-profile-aggregator"
 _SESSION_DEFAULTS = {"application_name": APPLICATION_NAME, "default_transaction_read_only": "on"}
 
@@ -39,6 +57,11 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pgerr.AdminShutdownError,
     pgerr.CrashShutdownError,
 )
+
+
+def _format_spec(spec: str) -> str:
+    parse_format(spec)
+    return spec
 
 
 class QuerySpec(BaseModel):
@@ -58,12 +81,35 @@ class PostgresSettings(ConnectorSettings):
     queries: dict[str, str | QuerySpec] | None = Field(
         None, description="Several named queries, each taking the email as $1."
     )
+    formats: dict[str, Annotated[str, AfterValidator(_format_spec)]] = Field(
+        default_factory=dict,
+        description="Column -> display format (money:eur, money:@currency, cents:usd, date, "
+        "datetime), applied to the columns of every query.",
+    )
     min_size: int = Field(1, ge=0, description="Connections the pool keeps open.")
     max_size: int = Field(10, ge=1, description="Connections the pool opens at most.")
     statement_timeout: float | None = Field(
         None, gt=0, description="Seconds before the server cancels a query (default: timeout)."
     )
     timeout: float = Field(1.0, gt=0, description="Seconds this connector may take per profile.")
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        dsn = value.get_secret_value().strip()
+        if not dsn and info.data.get("enabled") is False:
+            return value  # a disabled connector may leave DATABASE_URL empty
+        scheme, separator, _ = dsn.partition("://")
+        if separator and scheme.lower() in DSN_SCHEMES:
+            return value
+        if not dsn:
+            problem = "is empty"
+        elif separator and _SCHEME.fullmatch(scheme):
+            problem = f"is a {scheme.lower()}:// URL"
+        else:
+            problem = "is not a URL"
+        # Only the scheme is shown: the rest may hold a password.
+        raise ValueError(f"{problem}; it must be a postgresql:// (or postgres://) URL")
 
     @model_validator(mode="after")
     def _check_shape(self) -> PostgresSettings:
@@ -94,10 +140,12 @@ class PostgresConnector(Connector[PostgresSettings]):
     def __init__(self, name: str, settings: PostgresSettings) -> None:
         super().__init__(name, settings)
         self._specs = settings.specs()
+        self._formats: dict[str, FieldFormat] = parse_formats(settings.formats)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._secrets = _secrets_of(settings.dsn.get_secret_value())
         self._closed = False
+        self._columns: dict[str, list[str]] = {}
 
     async def open(self, session: aiohttp.ClientSession) -> None:
         """Make the pool now if the database answers; otherwise the first fetch will."""
@@ -143,6 +191,7 @@ class PostgresConnector(Connector[PostgresSettings]):
                             raise mapped from exc
                         problems.append(f"{self._label(name)}: {mapped}")
                         continue
+                    self._columns[name] = [a.name for a in statement.get_attributes()]
                     count = len(statement.get_parameters())
                     if count != 1:
                         problems.append(
@@ -153,6 +202,18 @@ class PostgresConnector(Connector[PostgresSettings]):
             raise UnavailableError("postgres did not answer in time") from exc
         if problems:
             raise FatalError("; ".join(problems))
+
+    def declared_shape(self) -> Mapping[str, Any] | None:
+        """The columns of each query, once ``check`` has prepared them all."""
+        if set(self._columns) != set(self._specs):
+            return None
+        if self.settings.query is not None:
+            return dict.fromkeys(self._columns[SINGLE_QUERY])
+        shape: dict[str, Any] = {}
+        for name, spec in self._specs.items():
+            row = dict.fromkeys(self._columns[name])
+            shape[name] = [row] if spec.many else row
+        return shape
 
     def _label(self, name: str) -> str:
         return "query" if self.settings.query is not None else f"query {name!r}"
@@ -183,12 +244,17 @@ class PostgresConnector(Connector[PostgresSettings]):
     async def _fetch_row(self, pool: asyncpg.Pool, sql: str, email: str) -> dict[str, Any] | None:
         async with self._errors(), pool.acquire() as conn:
             row = await conn.fetchrow(sql, email)
-        return None if row is None else _row(row)
+        return None if row is None else self._display(_row(row))
 
     async def _fetch_rows(self, pool: asyncpg.Pool, sql: str, email: str) -> list[dict[str, Any]]:
-        async with self._errors(), pool.acquire() as conn:
-            rows = await conn.fetch(sql, email)
-        return [_row(row) for row in rows]
+        # A cursor reads MAX_ROWS at most: a query matching millions of rows costs no more.
+        async with self._errors(), pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, email)
+            rows = await cursor.fetch(MAX_ROWS)
+        return [self._display(_row(row)) for row in rows]
+
+    def _display(self, row: dict[str, Any]) -> dict[str, Any]:
+        return apply_formats(row, self._formats) if self._formats else row
 
     async def _get_pool(self) -> asyncpg.Pool:
         pool = self._pool
@@ -281,8 +347,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             typename,
             schema="pg_catalog",
             encoder=lambda value: orjson.dumps(value).decode(),
-            decoder=orjson.loads,
+            decoder=_json_value,
         )
+
+
+def _json_value(text: str) -> Any:
+    """A JSON column's value; one over MAX_JSON_CHARS is not parsed (its keys cost memory)."""
+    return orjson.loads(text) if len(text) <= MAX_JSON_CHARS else TRUNCATED
 
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:

@@ -1,154 +1,165 @@
-"""The ``rest`` connector: one JSON HTTP API (a CRM, a billing backend) per customer email.
+"""The ``rest`` connector: JSON HTTP APIs (CRMs, billing, help desks) looked up by email.
 
-The URL is a template; ``{email}`` becomes the email percent-encoded with nothing left
-safe, so no email can add a path segment, a query key or a header. A JMESPath ``select``
-picks the object to flatten and ``fields`` may pick and rename values from it.
+One first call (``url``, ``method``, ``headers``, ``body``, ``auth``) whose answer is
+checked (``errors``), narrowed (``select``) and picked from (``fields``); then optional
+``then`` steps, run concurrently and fed by the first selection, each landing under its
+own name; and an optional ``link`` to the record (``<prefix>_url``). Placeholders are
+described in ``connectors.templating``: the email is always data, never structure.
+
+Presets (HubSpot, Salesforce, ...) are subclasses of ``RestBase`` that build a
+``RestSettings`` from a few keys and may polish the result in ``_finish``.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
+import asyncio
+import json
+import logging
+import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
-from urllib.parse import quote
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import aiohttp
-import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
-from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
-from aggregator.errors import FatalError, RetriableError, UnavailableError
-from connectors.base import Connector, ConnectorSettings
+from aggregator.errors import (
+    ConnectorError,
+    FatalError,
+    NotFoundError,
+    RetriableError,
+    UnavailableError,
+)
+from aggregator.privacy import mask_email
+from connectors.auth import Authenticator, Credentials
+from connectors.base import Answer, Connector, ConnectorSettings, SettingsT, Status, StepOutcome
+from connectors.http import Reply, exchange, parse_retry_after
+from connectors.rest_settings import RestSettings, StepSettings
+from connectors.templating import (
+    BodyTemplate,
+    Context,
+    SelectTemplate,
+    TextTemplate,
+    UrlTemplate,
+    compile_jmespath,
+    search,
+)
 
-EMAIL_FIELD = "{email}"
-# Plain letters and digits: URL normalisation leaves them alone in a path or a query.
-_STAND_IN = "emailPLACEHOLDERq7x3z9"
-_PROBE_EMAIL = "aggregator-check@example.invalid"
-_CHUNK = 64 * 1024
+__all__ = ["RestBase", "RestConnector", "RestSettings", "StepSettings", "parse_retry_after"]
+
+log = logging.getLogger("aggregator.connector.rest")
+
+PROBE_EMAIL = "aggregator-check@example.invalid"
+STEP_MARGIN = 0.02
+"""Seconds kept between the steps' deadline and the fetch's, to return the first call's fields."""
+_EMAILISH = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
+_MAX_MESSAGE = 200
 
 
-def _compile(expression: str) -> ParsedResult:
-    try:
-        return jmespath.compile(expression)
-    except JMESPathError as exc:
-        raise ValueError(f"invalid JMESPath expression {expression!r}: {exc}") from None
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A compiled request: what to send, and how to read what comes back."""
+
+    method: str
+    url: UrlTemplate
+    body: BodyTemplate | None
+    email_body: bool = False
 
 
-def _parse_template(url: str) -> URL:
-    """Parse the template with a stand-in for ``{email}``; raise ValueError when unusable."""
-    parsed = URL(url.replace(EMAIL_FIELD, _STAND_IN))
-    if parsed.scheme not in ("http", "https"):
-        raise ValueError("url must start with http:// or https://")
-    if not parsed.host:
-        raise ValueError("url has no host")
-    if _STAND_IN.lower() in (parsed.raw_authority or "").lower():
-        raise ValueError("{email} may only appear in the path or the query, not the host")
-    return parsed
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """A first call and how to read its answer: select, fields, link."""
 
+    call: _Call
+    select: SelectTemplate | None
+    fields: dict[str, ParsedResult]
+    link: UrlTemplate | None
 
-class RestSettings(ConnectorSettings):
-    """Settings of a ``rest`` connector."""
-
-    type: Literal["rest"] = "rest"
-    url: str = Field(description="http(s) URL template; {email} is replaced, percent-encoded.")
-    method: Literal["GET", "POST"] = Field(
-        default="GET", description='POST sends {"email": ...} as JSON.'
-    )
-    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every request.")
-    select: str | None = Field(default=None, description="JMESPath choosing the object to flatten.")
-    fields: dict[str, str] | None = Field(
-        default=None,
-        description="Output name -> JMESPath on the selected value; None values omitted.",
-    )
-    max_body_bytes: int = Field(default=1_048_576, ge=1, description="Larger answers are an error.")
-    not_found_statuses: list[int] = Field(
-        default_factory=lambda: [404], description="Statuses meaning 'unknown customer'."
-    )
-
-    @field_validator("url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        _parse_template(value)
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not name or any(c in name for c in "\r\n:") or any(c in text for c in "\r\n"):
-                raise ValueError(f"header {name!r}: no line breaks allowed (nor ':' in the name)")
-        return value
-
-    @field_validator("select")
-    @classmethod
-    def _check_select(cls, value: str | None) -> str | None:
-        if value is not None:
-            _compile(value)
-        return value
-
-    @field_validator("fields")
-    @classmethod
-    def _check_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for name, expression in (value or {}).items():
-            if not name:
-                raise ValueError("fields: an output name is empty")
-            _compile(expression)
-        return value
-
-    @model_validator(mode="after")
-    def _email_in_get_url(self) -> RestSettings:
-        if self.method == "GET" and EMAIL_FIELD not in self.url:
-            raise ValueError("url must contain {email} (a GET cannot identify the customer else)")
-        return self
+    def of(cls, spec: RestSettings) -> _Lookup:
+        """Compile the first-call keys of ``spec``."""
+        body = None if spec.body is None else BodyTemplate(spec.body)
+        email_body = spec.method == "POST" and spec.body is None
+        return cls(
+            _Call(spec.method, UrlTemplate(spec.url), body, email_body),
+            SelectTemplate(spec.select) if spec.select else None,
+            {k: compile_jmespath(v) for k, v in (spec.fields or {}).items()},
+            UrlTemplate(spec.link, paths=True) if spec.link else None,
+        )
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+@dataclass(frozen=True, slots=True)
+class _Step:
+    name: str
+    call: _Call
+    select: SelectTemplate | None
+    fields: dict[str, ParsedResult]
+    max_items: int | None
+    count: ParsedResult | None
 
 
-class RestConnector(Connector[RestSettings]):
-    """Fetches one JSON document per email from an HTTP API and returns the selected object.
+def _empty(value: Any) -> bool:
+    return value is None or value == {} or value == []
+
+
+class RestBase(Connector[SettingsT]):
+    """The rest machinery; a subclass says what to call through ``rest_settings()``.
 
     - Statuses in ``not_found_statuses`` (404) and an empty selection (null, {}, []) mean an
-      unknown customer. 429, 408 and 5xx are retriable (``Retry-After`` honoured); other
-      4xx, 3xx (redirects are not followed, so headers never leave the configured host),
-      a body that is not JSON or larger than ``max_body_bytes`` are fatal.
+      unknown customer. 429, 408 and 5xx are retriable (``Retry-After`` honoured, as seconds
+      or an HTTP date); other 4xx, 3xx (redirects are not followed, so headers and tokens
+      never leave the configured host), a body that is not JSON or larger than
+      ``max_body_bytes``, and a non-empty ``errors`` match are fatal.
+    - A 401 with an OAuth2 token fetches a new token and retries once.
     - Without ``fields`` the selected value must be a JSON object (else fatal). With
-      ``fields`` each expression runs on the selected value whatever its type, so a list
-      or a scalar may be picked from too; names whose value is null are left out.
-    - Timeouts, retries and the circuit breaker are the base class's job.
+      ``fields`` each expression runs on the selected value whatever its type; names whose
+      value is null are left out.
+    - ``then`` steps run concurrently inside the fetch's deadline; a failing step adds
+      ``<step>_error`` (timeout, unavailable or error) and the first call's fields stay.
+    - Timeouts, retries of the first call and the circuit breaker are the base class's job.
     """
 
-    settings_model: ClassVar[type[ConnectorSettings]] = RestSettings
-
-    def __init__(self, name: str, settings: RestSettings) -> None:
+    def __init__(self, name: str, settings: SettingsT) -> None:
         super().__init__(name, settings)
-        self._template = str(_parse_template(settings.url))
-        self._select = _compile(settings.select) if settings.select else None
-        self._fields = {k: _compile(v) for k, v in (settings.fields or {}).items()}
-        self._headers = {"Accept": "application/json", **settings.headers}
+        spec = self.rest_settings()
+        self.spec = spec
+        self.auth = Authenticator(spec.auth)
+        self._headers = {
+            key: TextTemplate(value)
+            for key, value in {"Accept": "application/json", **spec.headers}.items()
+        }
+        self._lookups = [_Lookup.of(spec), *(_Lookup.of(f) for f in self.fallback_settings())]
+        self._errors = compile_jmespath(spec.errors) if spec.errors else None
+        self._steps = [self._compile_step(n, s) for n, s in (spec.then or {}).items()]
+        self._not_found = frozenset(spec.not_found_statuses)
         self._session: aiohttp.ClientSession | None = None
+
+    def rest_settings(self) -> RestSettings:
+        """The rest settings this connector runs (a preset builds them from its keys)."""
+        raise NotImplementedError
+
+    def fallback_settings(self) -> list[RestSettings]:
+        """Further first calls, tried in order while the customer is not found.
+
+        Only their url, method, body, select, fields and link are used; headers, auth,
+        errors and steps are the main settings'. (Salesforce: Contact, then Lead.)
+        """
+        return []
+
+    @staticmethod
+    def _compile_step(name: str, step: StepSettings) -> _Step:
+        body = None if step.body is None else BodyTemplate(step.body, paths=True)
+        return _Step(
+            name,
+            _Call(step.method, UrlTemplate(step.url, paths=True), body),
+            SelectTemplate(step.select) if step.select else None,
+            {k: compile_jmespath(v) for k, v in (step.fields or {}).items()},
+            step.max_items,
+            compile_jmespath(step.count) if step.count else None,
+        )
 
     async def open(self, session: aiohttp.ClientSession) -> None:
         """Use the app's shared HTTP session (it is not closed by ``close``)."""
@@ -159,84 +170,341 @@ class RestConnector(Connector[RestSettings]):
         self._session = None
 
     def request_url(self, email: str) -> URL:
-        """The URL for one email; the email is data, never structure."""
-        built = self._template.replace(_STAND_IN, quote(email, safe=""))
-        return URL(built, encoded=True)
+        """The first call's URL for one email (auth's query parameter not included)."""
+        url = self._lookups[0].call.url.fill(Context(email, "https://instance.invalid"))
+        assert url is not None
+        return url
+
+    def declared_shape(self) -> Mapping[str, Any] | None:
+        """The keys ``fields``, ``link`` and steps with ``fields`` will produce."""
+        lookup = self._lookups[0]
+        if not lookup.fields:
+            return None
+        shape: dict[str, Any] = dict.fromkeys(lookup.fields)
+        if lookup.link is not None:
+            shape["url"] = None
+        for step in self._steps:
+            if step.fields:
+                shape[step.name] = dict.fromkeys(step.fields)
+        return shape
+
+    # -- probing -------------------------------------------------------------------
 
     async def check(self) -> None:
-        """Probe with an unknown email; fail on no connection, redirects, 401/403 or 5xx."""
-        status, _, body = await self._request(_PROBE_EMAIL)
+        """Get a token (OAuth2), then probe with an unknown email; name the failing piece."""
+        session = self._require_session()
+        if self.auth.tokens is not None:
+            try:
+                await self.auth.tokens.get(session)
+            except RetriableError as exc:
+                raise RetriableError(f"auth (oauth2): {exc}") from exc
+            except ConnectorError as exc:
+                raise FatalError(f"auth (oauth2): {exc}") from exc
+        lookup = self._lookups[0]
+        sent = await self._send(lookup.call, Context(PROBE_EMAIL))
+        assert sent is not None
+        reply, context = sent
+        status = reply.status
         if status in (401, 403):
-            raise FatalError(f"HTTP {status}: the upstream refused the credentials in headers")
+            raise FatalError(
+                f"auth ({self.auth.kind}): HTTP {status}: the upstream refused the credentials"
+            )
         if status >= 500:
             raise RetriableError(f"HTTP {status}: the upstream is failing")
         if 300 <= status < 400:
             raise FatalError(f"HTTP {status}: redirects are not followed; set the final url")
-        if body is not None:
-            self._extract(body)
+        if reply.body is not None:
+            document = self._decode(reply)
+            self._check_errors(document)
+            self._pick(lookup, self._selected(lookup, document, context))
+
+    # -- fetching ------------------------------------------------------------------
 
     async def _fetch(self, email: str) -> Mapping[str, Any] | None:
-        status, retry_after, body = await self._request(email)
-        if status in self.settings.not_found_statuses:
+        for lookup in self._lookups:
+            found = await self._look_up(lookup, email)
+            if found is not None:
+                break
+        else:
             return None
-        if status == 429 or status == 408 or status >= 500:
-            raise RetriableError(f"HTTP {status}", retry_after=retry_after)
-        if body is None:
-            raise FatalError(f"HTTP {status}")
-        return self._extract(body)
+        fields, context = found
+        steps: dict[str, StepOutcome] = {}
+        if self._steps:
+            values, steps = await self._run_steps(context)
+            fields.update(values)
+        fields = await self._finish(fields, context)
+        return Answer(fields, steps) if steps else fields
 
-    async def _request(self, email: str) -> tuple[int, float | None, bytes | None]:
-        """Send the request; return the status, ``Retry-After`` and the body of a 2xx."""
-        if self._session is None:
-            raise RuntimeError(f"connector {self.name} used before open()")
-        payload = {"email": email} if self.settings.method == "POST" else None
-        try:
-            async with self._session.request(
-                self.settings.method,
-                self.request_url(email),
-                headers=self._headers,
-                json=payload,
-                allow_redirects=False,
-            ) as resp:
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                status = resp.status
-                wanted = 200 <= status < 300 and status not in self.settings.not_found_statuses
-                body = await self._read_capped(resp) if wanted else None
-                return status, retry_after, body
-        except aiohttp.ClientSSLError as exc:
-            raise FatalError(f"TLS failure: {type(exc).__name__}") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UnavailableError(f"cannot connect to {exc.host}:{exc.port}") from exc
-        except aiohttp.ClientError as exc:
-            raise RetriableError(f"transport failure: {type(exc).__name__}") from exc
+    async def _look_up(self, lookup: _Lookup, email: str) -> tuple[dict[str, Any], Context] | None:
+        """One first call: its fields (with the link) and the context steps are fed from."""
+        sent = await self._send(lookup.call, Context(email))
+        assert sent is not None, "the first call's placeholders always have values"
+        reply, context = sent
+        document = self._document(reply)
+        if document is None:
+            return None
+        selected = self._selected(lookup, document, context)
+        fields = self._pick(lookup, selected)
+        if fields is None:
+            return None
+        context = replace(context, selected=selected)
+        if lookup.link is not None:
+            link = lookup.link.fill(context)
+            if link is not None:
+                fields["url"] = str(link)
+        return fields, context
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        cap = self.settings.max_body_bytes
-        body = bytearray()
-        if resp.content_length is None or resp.content_length <= cap:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                body += chunk
-                if len(body) > cap:
-                    break
-            else:
-                return bytes(body)
-        resp.close()
-        raise FatalError(f"answer larger than max_body_bytes ({cap})")
+    async def _finish(self, fields: dict[str, Any], context: Context) -> dict[str, Any]:
+        """Last touches to the fields (presets: money, links); the first selection in context."""
+        return fields
 
-    def _extract(self, body: bytes) -> Mapping[str, Any] | None:
+    @staticmethod
+    def _selected(lookup: _Lookup, document: Any, context: Context) -> Any:
+        select = lookup.select
         try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise FatalError("the answer is not JSON") from None
+            return search(select.compiled(context), document) if select else document
+        except JMESPathError as exc:
+            raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
+
+    @staticmethod
+    def _pick(lookup: _Lookup, selected: Any) -> dict[str, Any] | None:
+        if _empty(selected):
+            return None
         try:
-            selected = self._select.search(document) if self._select else document
-            if selected is None or selected in ({}, []):
-                return None
-            if self._fields:
-                picked = {name: expr.search(selected) for name, expr in self._fields.items()}
+            if lookup.fields:
+                picked = {name: search(expr, selected) for name, expr in lookup.fields.items()}
                 return {name: value for name, value in picked.items() if value is not None}
         except JMESPathError as exc:
             raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
         if not isinstance(selected, dict):
             raise FatalError(f"the selected value is a {type(selected).__name__}, not an object")
-        return selected
+        return dict(selected)
+
+    # -- steps ---------------------------------------------------------------------
+
+    async def _run_steps(self, context: Context) -> tuple[dict[str, Any], dict[str, StepOutcome]]:
+        end = self.budget_end()
+        deadline = None if end is None else end - STEP_MARGIN
+        results = await asyncio.gather(*(self._run_step(s, context, deadline) for s in self._steps))
+        values: dict[str, Any] = {}
+        outcomes: dict[str, StepOutcome] = {}
+        for step, (value, outcome) in zip(self._steps, results, strict=True):
+            outcomes[step.name] = outcome
+            if outcome.failed:
+                values[f"{step.name}_error"] = outcome.status
+            elif value is not None:
+                values[step.name] = value
+        return values, outcomes
+
+    async def _run_step(
+        self, step: _Step, context: Context, deadline: float | None
+    ) -> tuple[Any, StepOutcome]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if deadline is None:
+            deadline = started + self.settings.timeout
+
+        def outcome(status: Status, detail: str = "") -> StepOutcome:
+            return StepOutcome(status, loop.time() - started, detail)
+
+        attempts = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    attempts += 1
+                    try:
+                        await self._pace()
+                        value = await self._step_value(step, context)
+                    except RetriableError as exc:
+                        pause = self._backoff(attempts, exc.retry_after)
+                        if attempts <= self.settings.retries and loop.time() + pause < deadline:
+                            await asyncio.sleep(pause)
+                            continue
+                        unreachable = isinstance(exc, UnavailableError)
+                        kind: Status = "unavailable" if unreachable else "error"
+                        return None, outcome(kind, type(exc).__name__)
+                    return value, outcome("not_found" if value is None else "ok")
+        except TimeoutError:
+            return None, outcome("timeout", "timed out")
+        except NotFoundError:
+            return None, outcome("not_found")
+        except ConnectorError as exc:
+            return None, outcome("error", type(exc).__name__)
+        except (aiohttp.ClientConnectorError, ConnectionError):
+            return None, outcome("unavailable", "unreachable")
+        except Exception as exc:
+            log.warning("connector %s step %s raised %s", self.name, step.name, type(exc).__name__)
+            return None, outcome("error", type(exc).__name__)
+
+    async def _step_value(self, step: _Step, context: Context) -> Any:
+        sent = await self._send(step.call, context)
+        if sent is None:
+            return None
+        reply, used = sent
+        document = self._document(reply)
+        if document is None:
+            return None
+        try:
+            selected = search(step.select.compiled(used), document) if step.select else document
+            if step.fields:
+                picked = {name: search(expr, selected) for name, expr in step.fields.items()}
+                kept = {name: value for name, value in picked.items() if value is not None}
+                return kept or None
+            count = search(step.count, document) if step.count else None
+        except JMESPathError as exc:
+            raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
+        if isinstance(selected, list):
+            return self._items(selected, step, count)
+        return None if _empty(selected) else selected
+
+    @staticmethod
+    def _items(items: list[Any], step: _Step, count: Any) -> Any:
+        """A selected list: as is, or numbered items (``max_items``) plus ``count``."""
+        if step.max_items is None and step.count is None:
+            return items
+        kept = items if step.max_items is None else items[: step.max_items]
+        total = count if isinstance(count, int) and not isinstance(count, bool) else len(items)
+        if any(isinstance(item, dict | list) for item in kept):
+            return {**{str(i): item for i, item in enumerate(kept)}, "count": total}
+        return kept if kept else {"count": total}
+
+    # -- one HTTP call -------------------------------------------------------------
+
+    async def _get_json(self, url: str) -> Any:
+        """GET a fixed ``url`` with this connector's headers and auth; the decoded answer."""
+        sent = await self._send(_Call("GET", UrlTemplate(url), None), Context(""))
+        assert sent is not None, "a url without placeholders always has its values"
+        document = self._document(sent[0])
+        if document is None:
+            raise NotFoundError(f"HTTP {sent[0].status}")
+        return document
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"connector {self.name} used before open()")
+        return self._session
+
+    async def _send(self, call: _Call, context: Context) -> tuple[Reply, Context] | None:
+        """Send ``call``; None when a placeholder has no value. A 401 with OAuth2 retries once."""
+        session = self._require_session()
+        try:
+            payload = self._payload(call, context)
+        except LookupError:
+            return None
+        for attempt in (1, 2):
+            credentials = await self.auth.credentials(session)
+            used = self._with_token(context, credentials)
+            url = call.url.fill(used)
+            headers = self._request_headers(used)
+            if url is None or headers is None:
+                return None
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            reply = await exchange(
+                session,
+                call.method,
+                credentials.apply(url),
+                headers={**headers, **credentials.headers},
+                body=payload,
+                max_body_bytes=self.spec.max_body_bytes,
+                read_body=self._wants_body,
+            )
+            if reply.status == 401 and attempt == 1 and self.auth.refused(credentials):
+                continue
+            return reply, used
+        raise AssertionError("unreachable")
+
+    def _wants_body(self, status: int) -> bool:
+        return 200 <= status < 300 and status not in self._not_found
+
+    @staticmethod
+    def _with_token(context: Context, credentials: Credentials) -> Context:
+        token = credentials.token
+        if token is None or token.instance_url == context.instance_url:
+            return context
+        return replace(context, instance_url=token.instance_url)
+
+    @staticmethod
+    def _payload(call: _Call, context: Context) -> bytes | None:
+        """The JSON body; LookupError when a placeholder has no value."""
+        if call.email_body:
+            return json.dumps({"email": str(context.email)}).encode()
+        if call.body is None:
+            return None
+        return orjson.dumps(call.body.fill(context))
+
+    def _request_headers(self, context: Context) -> dict[str, str] | None:
+        headers: dict[str, str] = {}
+        for name, template in self._headers.items():
+            text = template.fill(context)
+            if text is None:
+                return None
+            if any(c in text for c in "\r\n\x00"):
+                raise FatalError(f"header {name}: a filled value holds a line break")
+            headers[name] = text
+        return headers
+
+    def _document(self, reply: Reply) -> Any:
+        """The decoded 2xx answer; None for a not-found status; raises for the rest."""
+        status = reply.status
+        if status in self._not_found:
+            return None
+        if status == 429 or status == 408 or status >= 500:
+            raise RetriableError(f"HTTP {status}", retry_after=self._retry_after(reply))
+        if 300 <= status < 400:
+            raise FatalError(f"HTTP {status}: redirects are not followed")
+        if reply.body is None:
+            raise FatalError(f"HTTP {status}")
+        document = self._decode(reply)
+        self._check_errors(document)
+        return document
+
+    def _retry_after(self, reply: Reply) -> float | None:
+        """Seconds the upstream asked to wait (``Retry-After``); presets read their own."""
+        return parse_retry_after(reply.headers.get("Retry-After"))
+
+    @staticmethod
+    def _decode(reply: Reply) -> Any:
+        try:
+            return orjson.loads(reply.body or b"")
+        except orjson.JSONDecodeError:
+            raise FatalError("the answer is not JSON") from None
+
+    def _check_errors(self, document: Any) -> None:
+        if self._errors is None:
+            return
+        try:
+            found = search(self._errors, document)
+        except JMESPathError as exc:
+            raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
+        if found is None or found is False or found == "" or found == [] or found == {}:
+            return
+        raise self._upstream_error(document, found)
+
+    def _upstream_error(self, document: Any, found: Any) -> ConnectorError:
+        """The error for a non-empty ``errors`` match; its message goes to the log, masked."""
+        log.warning(
+            "connector %s: the upstream reported an error: %s", self.name, error_message(found)
+        )
+        return FatalError("the upstream reported an error")
+
+
+def error_message(found: Any) -> str:
+    """A short, masked message from an ``errors`` match (emails masked, length capped)."""
+    first = found[0] if isinstance(found, list) and found else found
+    if isinstance(first, dict):
+        first = first.get("message") or first.get("msg") or first.get("error") or "error"
+    text = first if isinstance(first, str) else json.dumps(first, default=str)[:_MAX_MESSAGE]
+    text = _EMAILISH.sub(lambda m: mask_email(m.group(0)), text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text[:_MAX_MESSAGE] + ("..." if len(text) > _MAX_MESSAGE else "")
+
+
+class RestConnector(RestBase[RestSettings]):
+    """``type: rest``: the keys in the config are the plan."""
+
+    settings_model: ClassVar[type[ConnectorSettings]] = RestSettings
+
+    def rest_settings(self) -> RestSettings:
+        """The configured settings themselves."""
+        return self.settings

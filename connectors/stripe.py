@@ -1,55 +1,74 @@
 """The ``stripe`` connector: a customer's billing at a glance, via the official library.
 
-Stripe calls per profile (all ``GET``, read-only; a restricted key with read access to
-customers, subscriptions and charges is enough):
+Calls per profile (all ``GET``, read-only; the README lists the permissions):
 
-1. ``/v1/customers?email=E&limit=100``: every customer with that exact email, most recent
-   first. The most recently created one is used and ``customers_count`` says how many
-   there were. No customer: that is the only call.
-2. ``/v1/subscriptions?customer=C&status=all&expand[]=data.items.data.price.product``
-3. ``/v1/charges?customer=C&limit=max_charges``
+1. ``/v1/customers?email=E`` with the email as Groove wrote it and, when that differs, in
+   lower case too (Stripe's email filter is case-sensitive), concurrently. No customer:
+   nothing else is asked.
+2. For each customer of the email (the newest ``max_customers``), concurrently:
+   ``/v1/subscriptions?customer=C&status=all``, ``/v1/charges?customer=C`` and
+   ``/v1/invoices?customer=C&status=open``.
 
-Calls 2 and 3 run concurrently, so a known customer costs three calls in two round trips.
-Subscriptions are not expanded into call 1: the deepest expansion Stripe allows is four
-levels (``data.items.data.price.product`` on a subscription list), which cannot reach a
-product from a customer list, and ``customer.subscriptions`` leaves out canceled ones.
+A known customer costs 1 (or 2) + 3 calls in two round trips. Only when needed, a third:
+the next pages of charges (``has_more``, up to ``max_charges`` succeeded charges), the
+open disputes of disputed charges, and what Stripe cannot expand within its four-level
+limit (product names, a tiered price's tiers, an item discount's coupon), which the
+process then keeps for ``catalog_ttl`` seconds.
 
-The main subscription (status, plan, period end, trial end, cancel flag) is the most
-recent active, trialing or past_due one, else the most recent of any status. ``mrr`` sums
-the items of every active, trialing or past_due subscription in the main currency,
-normalized to a month (year / 12, week * 52 / 12, day * 365.25 / 12, divided by
-``interval_count``); discounts, metered and tiered prices are left out. Charges are the
-latest ``max_charges``: ``charges_count``, ``first_charge_at`` and ``lifetime_value``
-(succeeded charges minus refunds, in the customer's currency) cover only those.
+Each call is limited, retried and logged on its own (``manages_calls``): the account-wide
+and per-endpoint call windows and the in-flight bound are shared by every Stripe call of
+the process; a 429/5xx is retried (honoring ``Retry-After`` and ``Stripe-Should-Retry``)
+while the deadline allows, and only that call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import functools
 import logging
-from collections.abc import Awaitable, Mapping
-from decimal import Decimal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import stripe
 from pydantic import Field, SecretStr
 
-from aggregator.errors import ConnectorError, FatalError, RetriableError, UnavailableError
-from aggregator.merge import money
+from aggregator.emails import as_sent
+from aggregator.errors import FatalError, RetriableError, UnavailableError
 from connectors.base import Connector, ConnectorSettings
+from connectors.stripe_catalog import Catalog
+from connectors.stripe_fields import ENDED, JSON, newest_first, summarize
+from connectors.stripe_http import (
+    KEY_REFUSED,
+    BoundedHTTPClient,
+    KeyRefusedError,
+    LimitSettings,
+    StripeLimits,
+    account_id,
+    map_error,
+    shared,
+)
 
 T = TypeVar("T")
+log = logging.getLogger("connectors.stripe")
 
-LIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
 DASHBOARD = "https://dashboard.stripe.com"
-_MONTHS_PER_INTERVAL: dict[str, Decimal] = {
-    "day": Decimal(12) / Decimal("365.25"),
-    "week": Decimal(12) / Decimal(52),
-    "month": Decimal(1),
-    "year": Decimal(12),
-}
+PAGE = 100
+LIVE_RATE, TEST_RATE, ENDPOINT_RATE = 100.0, 25.0, 25.0
+# Expanding a discount's coupon needs API version 2025-09-30 or later (``source.coupon``);
+# earlier versions embed it as ``coupon``.
+_SOURCE_COUPON_SINCE = "2025-09-30"
+_DISPUTED_LOOKED_UP = 3
+_CHARGE_KEYS = (
+    *("id", "amount", "amount_captured", "amount_refunded", "refunded", "captured"),
+    *("currency", "status", "created", "disputed", "failure_message", "customer"),
+)
+_INVOICE_KEYS = (
+    *("id", "status", "amount_due", "amount_remaining", "currency", "created", "due_date"),
+    *("hosted_invoice_url", "next_payment_attempt", "collection_method", "attempted"),
+    *("attempt_count", "customer"),
+)
 
 
 class StripeSettings(ConnectorSettings):
@@ -61,199 +80,92 @@ class StripeSettings(ConnectorSettings):
     )
     api_version: str | None = Field(default=None, description="Pin a Stripe API version.")
     timeout: float = Field(default=2.0, gt=0, description="Seconds this connector may take.")
-    retries: int = Field(default=2, ge=0, le=5, description="Extra tries of a 429/5xx.")
-    max_concurrency: int | None = Field(default=10, ge=1, description="Stripe calls in flight.")
+    retries: int = Field(
+        default=2, ge=0, le=5, description="Extra tries of one Stripe call after a 429/5xx."
+    )
+    max_concurrency: int | None = Field(
+        default=25, ge=1, description="Stripe calls in flight at most, for the whole process."
+    )
     rate_limit: float | None = Field(
-        default=25.0, gt=0, description="Stripe calls per second (Stripe allows 25/endpoint)."
+        default=None,
+        gt=0,
+        description="Stripe calls per second for the whole process; null: Stripe's limit "
+        "for the key (100 live, 25 test mode).",
     )
-    max_charges: int = Field(100, ge=1, le=100, description="Latest charges considered.")
-
-
-def _iso(timestamp: int | None) -> str | None:
-    if timestamp is None:
-        return None
-    moment = dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _header(error: stripe.StripeError, name: str) -> str | None:
-    headers: Mapping[str, str] = error.headers or {}
-    lowered = name.lower()
-    return next((value for key, value in headers.items() if key.lower() == lowered), None)
-
-
-def _retry_after(error: stripe.StripeError) -> float | None:
-    value = _header(error, "Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def map_error(error: stripe.StripeError) -> ConnectorError:
-    """Translate a Stripe library error into what the engine should do next."""
-    status = error.http_status
-    if isinstance(error, stripe.AuthenticationError):
-        return FatalError("stripe: invalid API key")
-    if isinstance(error, stripe.PermissionError):
-        return FatalError("stripe: API key lacks read access to customers, subscriptions, charges")
-    if isinstance(error, stripe.APIConnectionError):
-        cause = error.__cause__
-        if isinstance(cause, (aiohttp.ClientConnectorError, ConnectionError)):
-            return UnavailableError("stripe: unreachable")
-        return RetriableError("stripe: connection failed")
-    if (_header(error, "Stripe-Should-Retry") or "").lower() == "false":
-        return FatalError(f"stripe: HTTP {status}, not to be retried")
-    if isinstance(error, stripe.RateLimitError) or status == 429:
-        return RetriableError("stripe: rate limited", retry_after=_retry_after(error))
-    if isinstance(error, stripe.InvalidRequestError):
-        return FatalError(f"stripe: invalid request ({error.param or error.code or status})")
-    if status is not None and status >= 500:
-        return RetriableError(f"stripe: HTTP {status}", retry_after=_retry_after(error))
-    return FatalError(f"stripe: {type(error).__name__} (HTTP {status})")
-
-
-async def _call(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except stripe.StripeError as exc:
-        raise map_error(exc) from None
-
-
-def _monthly(item: Mapping[str, Any]) -> Decimal | None:
-    price = item.get("price") or {}
-    recurring = price.get("recurring") or {}
-    if recurring.get("usage_type") == "metered":
-        return None
-    unit = price.get("unit_amount")
-    if unit is None and price.get("unit_amount_decimal") is not None:
-        unit = Decimal(str(price["unit_amount_decimal"]))
-    factor = _MONTHS_PER_INTERVAL.get(recurring.get("interval", ""))
-    if unit is None or factor is None:
-        return None
-    count = recurring.get("interval_count") or 1
-    quantity = item.get("quantity")
-    return Decimal(unit) * (1 if quantity is None else quantity) / (factor * count)
-
-
-def _items(subscription: Mapping[str, Any]) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = (subscription.get("items") or {}).get("data") or []
-    return items
-
-
-def _plan(subscription: Mapping[str, Any]) -> str | None:
-    for item in _items(subscription):
-        price = item.get("price") or {}
-        if price.get("nickname"):
-            return str(price["nickname"])
-        product = price.get("product")
-        if isinstance(product, Mapping) and product.get("name"):
-            return str(product["name"])
-    return None
-
-
-def _period_end(subscription: Mapping[str, Any]) -> int | None:
-    if subscription.get("current_period_end") is not None:
-        return int(subscription["current_period_end"])
-    ends = [i["current_period_end"] for i in _items(subscription) if i.get("current_period_end")]
-    return min(ends) if ends else None
-
-
-def _newest_first(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(objects, key=lambda o: o.get("created") or 0, reverse=True)
-
-
-def subscription_fields(subs: list[dict[str, Any]], currency: str | None) -> dict[str, Any]:
-    """Fields of the main subscription and the monthly recurring revenue of the live ones."""
-    subs = _newest_first(subs)
-    live = [s for s in subs if s.get("status") in LIVE_STATUSES]
-    main = live[0] if live else subs[0] if subs else None
-    if main is None:
-        return {
-            "subscriptions_count": 0,
-            "subscription_status": None,
-            "plan": None,
-            "mrr": money(0, currency) if currency else None,
-            "current_period_end": None,
-            "trial_end": None,
-            "cancel_at_period_end": None,
-        }
-    currency = str(main.get("currency") or currency or "usd")
-    mrr = Decimal(0)
-    for sub in live:
-        for item in _items(sub):
-            monthly = _monthly(item)
-            item_currency = (item.get("price") or {}).get("currency") or sub.get("currency")
-            if monthly is not None and str(item_currency).lower() == currency.lower():
-                mrr += monthly
-    return {
-        "subscriptions_count": len(subs),
-        "subscription_status": main.get("status"),
-        "plan": _plan(main),
-        "mrr": money(int(mrr.quantize(Decimal(1))), currency),
-        "current_period_end": _iso(_period_end(main)),
-        "trial_end": _iso(main.get("trial_end")),
-        "cancel_at_period_end": bool(main.get("cancel_at_period_end")),
-    }
-
-
-def charge_fields(charges: list[dict[str, Any]], currency: str | None) -> dict[str, Any]:
-    """Last and first charge, how many, and the lifetime value of the succeeded ones."""
-    charges = _newest_first(charges)
-    if not charges:
-        return {
-            "charges_count": 0,
-            "last_charge_amount": None,
-            "last_charge_at": None,
-            "last_charge_status": None,
-            "first_charge_at": None,
-            "lifetime_value": money(0, currency) if currency else None,
-        }
-    last, first = charges[0], charges[-1]
-    currency = (currency or str(last["currency"])).lower()
-    value = sum(
-        int(c.get("amount") or 0) - int(c.get("amount_refunded") or 0)
-        for c in charges
-        if c.get("status") == "succeeded" and str(c.get("currency")).lower() == currency
+    endpoint_rate_limit: float = Field(
+        default=ENDPOINT_RATE, gt=0, description="Stripe calls per second to any one endpoint."
     )
-    return {
-        "charges_count": len(charges),
-        "last_charge_amount": money(int(last.get("amount") or 0), str(last["currency"])),
-        "last_charge_at": _iso(last.get("created")),
-        "last_charge_status": last.get("status"),
-        "first_charge_at": _iso(first.get("created")),
-        "lifetime_value": money(value, currency),
-    }
+    max_customers: int = Field(
+        default=10, ge=1, le=100, description="Customers sharing the email that are summed up."
+    )
+    max_charges: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Succeeded charges read per customer (newest first, 100 per call).",
+    )
+    max_body_bytes: int = Field(
+        default=4_194_304,
+        ge=65_536,
+        le=67_108_864,
+        description="Larger Stripe answers (on the wire or decompressed) are an error.",
+    )
+    catalog_ttl: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds product names, price tiers and coupons are kept in memory.",
+    )
+
+
+def _slim(obj: Mapping[str, Any], keys: Iterable[str]) -> JSON:
+    return {key: obj.get(key) for key in keys}
 
 
 class StripeConnector(Connector[StripeSettings]):
-    """Finds the customer by email and summarizes subscriptions and charges."""
+    """Finds every customer of the email and summarizes their billing."""
 
     settings_model: ClassVar[type[ConnectorSettings]] = StripeSettings
+    manages_calls: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: StripeSettings) -> None:
         super().__init__(name, settings)
         self._client: stripe.StripeClient | None = None
         key = settings.api_key.get_secret_value()
         self._test_mode = key.startswith(("sk_test_", "rk_test_"))
+        self._limits: StripeLimits | None = None
+        self._catalog: Catalog | None = None
+        self._refusal_logged = False
+        version = settings.api_version
+        self._source_coupon = version is None or version >= _SOURCE_COUPON_SINCE
+        self.clock: Callable[[], float] = time.time
 
     async def open(self, session: aiohttp.ClientSession) -> None:
-        """Build a Stripe client that sends its requests through the app's session."""
+        """Build a Stripe client over the app's session; join the process-wide limits."""
         # The library logs every request URL at INFO, and ours carry the customer's email.
         logging.getLogger("stripe").setLevel(logging.WARNING)
-        http_client = stripe.AIOHTTPClient(
-            session=session, timeout=aiohttp.ClientTimeout(total=self.settings.timeout)
-        )
+        settings = self.settings
+        http_client = BoundedHTTPClient(session, settings.timeout, settings.max_body_bytes)
         self._client = stripe.StripeClient(
-            self.settings.api_key.get_secret_value(),
-            base_addresses={"api": self.settings.api_base.rstrip("/")},
-            stripe_version=self.settings.api_version,
+            settings.api_key.get_secret_value(),
+            base_addresses={"api": settings.api_base.rstrip("/")},
+            stripe_version=settings.api_version,
             http_client=http_client,
             max_network_retries=0,
         )
+        account = account_id(settings.api_base, settings.api_key.get_secret_value())
+        figures = LimitSettings(
+            rate=settings.rate_limit or (TEST_RATE if self._test_mode else LIVE_RATE),
+            endpoint_rate=settings.endpoint_rate_limit,
+            concurrency=settings.max_concurrency or 1_000_000,
+        )
+        self._limits = shared(
+            "limits", account, lambda: StripeLimits(figures), lambda held: held.figures == figures
+        )
+        ttl = settings.catalog_ttl
+        self._catalog = shared("catalog", account, lambda: Catalog(ttl), lambda c: c.ttl == ttl)
 
     async def close(self) -> None:
-        """Forget the client; the session belongs to the app."""
+        """Forget the client; the session belongs to the app, the limits to the process."""
         self._client = None
 
     @property
@@ -263,15 +175,254 @@ class StripeConnector(Connector[StripeSettings]):
             raise FatalError("stripe: connector not opened")
         return self._client
 
+    @property
+    def limits(self) -> StripeLimits:
+        """The call limits shared with every connector using this account in the process."""
+        if self._limits is None:
+            raise FatalError("stripe: connector not opened")
+        return self._limits
+
+    def _time_left(self) -> float | None:
+        """Seconds left for the running fetch (None outside ``fetch``)."""
+        end = self.budget_end()
+        return None if end is None else end - asyncio.get_running_loop().time()
+
     def dashboard_url(self, customer_id: str) -> str:
         """The customer's page in the Stripe dashboard, test-mode path for a test key."""
         mode = "/test" if self._test_mode else ""
         return f"{DASHBOARD}{mode}/customers/{customer_id}"
 
+    # --- one call ---------------------------------------------------------------------------
+
+    async def _call(self, endpoint: str, make: Callable[[], Awaitable[T]]) -> T:
+        """One Stripe call under the shared limits, retried alone while the budget allows."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.limits.slot(endpoint):
+                    result = await make()
+            except stripe.StripeError as exc:
+                error = map_error(exc)
+            else:
+                self._refusal_logged = False
+                return result
+            if isinstance(error, KeyRefusedError) and not self._refusal_logged:
+                self._refusal_logged = True
+                log.error(KEY_REFUSED if self.name == "stripe" else f"{self.name}: {KEY_REFUSED}")
+            if not isinstance(error, RetriableError) or attempt > self.settings.retries:
+                raise error
+            pause = self._backoff(attempt, error.retry_after)
+            left = self._time_left()
+            if left is not None and pause >= left:
+                raise error
+            await asyncio.sleep(pause)
+
+    async def _list(
+        self,
+        endpoint: str,
+        list_async: Callable[..., Awaitable[Any]],
+        params: Mapping[str, Any],
+        *,
+        cap: int,
+        counted: Callable[[JSON], bool] = lambda _: True,
+        keep: Iterable[str] | None = None,
+    ) -> tuple[list[JSON], bool]:
+        """Objects of a list, newest first, page after page until ``cap`` of them are
+        ``counted`` or the budget leaves no time for another page; True when cut short."""
+        found: list[JSON] = []
+        total = 0
+        after: str | None = None
+        keys = list(keep) if keep is not None else None
+        loop = asyncio.get_running_loop()
+        while True:
+            page_params = {**params, "limit": PAGE} | ({"starting_after": after} if after else {})
+            started = loop.time()
+            page = await self._call(endpoint, functools.partial(list_async, params=page_params))
+            data = [o.to_dict() for o in page.data]
+            found += [_slim(o, keys) for o in data] if keys is not None else data
+            total += sum(1 for o in data if counted(o))
+            if not page.has_more or not data:
+                return found, False
+            left = self._time_left()
+            if total >= cap or (left is not None and left < 2 * (loop.time() - started)):
+                return found, True
+            after = str(data[-1]["id"])
+
+    # --- a profile --------------------------------------------------------------------------
+
+    async def _customers(self, email: str) -> list[JSON]:
+        written = as_sent(email)
+        spellings = [written] if written == email else [written, str(email)]
+        expand = ["data.invoice_settings.default_payment_method", "data.default_source"]
+        if self._source_coupon:
+            expand.append("data.discount.source.coupon")
+        v1 = self.client.v1
+        pages = await asyncio.gather(
+            *(
+                self._call(
+                    "customers.list",
+                    functools.partial(
+                        v1.customers.list_async,
+                        params={"email": spelling, "limit": PAGE, "expand": expand},
+                    ),
+                )
+                for spelling in spellings
+            )
+        )
+        by_id: dict[str, JSON] = {}
+        for page in pages:
+            for customer in page.data:
+                by_id.setdefault(str(customer.id), customer.to_dict())
+        return newest_first(by_id.values())
+
+    async def _fetch(self, email: str) -> Mapping[str, Any] | None:
+        customers = await self._customers(email)
+        if not customers:
+            return None
+        chosen = customers[: self.settings.max_customers]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._customer_data(str(c["id"]))) for c in chosen]
+        except ExceptionGroup as failed:
+            raise _first(failed) from None
+        subscriptions: list[JSON] = []
+        charges: list[JSON] = []
+        invoices: list[JSON] = []
+        disputes: list[JSON] = []
+        truncated = False
+        for task in tasks:
+            subs, (customer_charges, cut), customer_invoices, customer_disputes = task.result()
+            subscriptions += subs
+            charges += customer_charges
+            truncated = truncated or cut
+            invoices += customer_invoices
+            disputes += customer_disputes
+        fields = summarize(
+            customers,
+            subscriptions,
+            charges,
+            invoices,
+            disputes,
+            charges_truncated=truncated,
+            now=self.clock(),
+        )
+        fields["dashboard_url"] = self.dashboard_url(str(fields["id"]))
+        return fields
+
+    async def _customer_data(
+        self, customer_id: str
+    ) -> tuple[list[JSON], tuple[list[JSON], bool], list[JSON], list[JSON]]:
+        async with asyncio.TaskGroup() as group:
+            subs = group.create_task(self._subscriptions(customer_id))
+            charges = group.create_task(self._charges_and_disputes(customer_id))
+            invoices = group.create_task(self._invoices(customer_id))
+        found_charges, truncated, disputes = charges.result()
+        return subs.result(), (found_charges, truncated), invoices.result(), disputes
+
+    async def _charges_and_disputes(self, customer_id: str) -> tuple[list[JSON], bool, list[JSON]]:
+        charges, truncated = await self._charges(customer_id)
+        return charges, truncated, await self._disputes(charges)
+
+    async def _subscriptions(self, customer_id: str) -> list[JSON]:
+        expand = [
+            "data.default_payment_method",
+            "data.default_source",
+            "data.discounts",
+            "data.items.data.discounts",
+        ]
+        if self._source_coupon:
+            expand.append("data.discounts.source.coupon")
+        params = {"customer": customer_id, "status": "all", "expand": expand}
+        subs, _ = await self._list(
+            "subscriptions.list", self.client.v1.subscriptions.list_async, params, cap=1000
+        )
+        await self._complete(subs)
+        return subs
+
+    async def _charges(self, customer_id: str) -> tuple[list[JSON], bool]:
+        """The newest charges up to the ``max_charges``-th succeeded one (failed and pending
+        ones do not use up that budget); True when older ones were left out."""
+        charges, truncated = await self._list(
+            "charges.list",
+            self.client.v1.charges.list_async,
+            {"customer": customer_id},
+            cap=self.settings.max_charges,
+            counted=_succeeded,
+            keep=_CHARGE_KEYS,
+        )
+        succeeded = 0
+        for index, charge in enumerate(charges):
+            succeeded += _succeeded(charge)
+            if succeeded == self.settings.max_charges:
+                return charges[: index + 1], truncated or index + 1 < len(charges)
+        return charges, truncated
+
+    async def _invoices(self, customer_id: str) -> list[JSON]:
+        invoices, _ = await self._list(
+            "invoices.list",
+            self.client.v1.invoices.list_async,
+            {"customer": customer_id, "status": "open"},
+            cap=1000,
+            keep=_INVOICE_KEYS,
+        )
+        return invoices
+
+    async def _disputes(self, charges: list[JSON]) -> list[JSON]:
+        disputed = [c for c in newest_first(charges) if c.get("disputed")][:_DISPUTED_LOOKED_UP]
+        if not disputed:
+            return []
+        v1 = self.client.v1
+        pages = await asyncio.gather(
+            *(
+                self._call(
+                    "disputes.list",
+                    functools.partial(
+                        v1.disputes.list_async, params={"charge": charge["id"], "limit": 10}
+                    ),
+                )
+                for charge in disputed
+            )
+        )
+        return [d.to_dict() for page in pages for d in page.data]
+
+    # --- what lists cannot expand -----------------------------------------------------------
+
+    async def _complete(self, subs: list[JSON]) -> None:
+        """Fill in, from the catalog or Stripe, what the subscriptions need to be read."""
+        current = [s for s in subs if s.get("status") not in ENDED]
+        await asyncio.gather(*(self._all_items(s) for s in current if s["items"].get("has_more")))
+        assert self._catalog is not None
+        await self._catalog.complete(subs, current, self._lookup, self.client.v1)
+
+    async def _lookup(self, endpoint: str, make: Callable[[], Awaitable[T]]) -> T | None:
+        """A catalog call; an answer such as 404 (a deleted coupon) leaves the value unknown
+        (the plan shows the id, MRR is null) instead of failing the whole profile."""
+        try:
+            return await self._call(endpoint, make)
+        except KeyRefusedError:
+            raise
+        except FatalError:
+            return None
+
+    async def _all_items(self, subscription: JSON) -> None:
+        items, _ = await self._list(
+            "subscription_items.list",
+            self.client.v1.subscription_items.list_async,
+            {"subscription": subscription["id"], "expand": ["data.discounts"]},
+            cap=1000,
+        )
+        subscription["items"] = {"object": "list", "data": items, "has_more": False}
+
+    # --- other uses -------------------------------------------------------------------------
+
     async def email_of_customer(self, customer_id: str) -> str | None:
         """The email of a Stripe customer (for webhook events that only name the customer)."""
         async with asyncio.timeout(self.settings.timeout):
-            customer = await _call(self.client.v1.customers.retrieve_async(customer_id))
+            customer = await self._call(
+                "customers.retrieve",
+                functools.partial(self.client.v1.customers.retrieve_async, customer_id),
+            )
         email = customer.to_dict().get("email")
         return email if isinstance(email, str) and email else None
 
@@ -279,55 +430,19 @@ class StripeConnector(Connector[StripeSettings]):
         """One cheap call that proves the key works and Stripe answers."""
         try:
             async with asyncio.timeout(self.settings.timeout):
-                await _call(self.client.v1.customers.list_async(params={"limit": 1}))
+                await self._call(
+                    "customers.list",
+                    functools.partial(self.client.v1.customers.list_async, params={"limit": 1}),
+                )
         except TimeoutError:
             raise UnavailableError(f"stripe: no answer within {self.settings.timeout}s") from None
 
-    async def _fetch(self, email: str) -> Mapping[str, Any] | None:
-        v1 = self.client.v1
-        found = await _call(v1.customers.list_async(params={"email": email, "limit": 100}))
-        customers = _newest_first([c.to_dict() for c in found.data])
-        if not customers:
-            return None
-        customer = customers[0]
-        customer_id = str(customer["id"])
-        try:
-            async with asyncio.TaskGroup() as group:
-                subs_task = group.create_task(
-                    _call(
-                        v1.subscriptions.list_async(
-                            params={
-                                "customer": customer_id,
-                                "status": "all",
-                                "limit": 100,
-                                "expand": ["data.items.data.price.product"],
-                            }
-                        )
-                    )
-                )
-                charges_task = group.create_task(
-                    _call(
-                        v1.charges.list_async(
-                            params={"customer": customer_id, "limit": self.settings.max_charges}
-                        )
-                    )
-                )
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        subs = [s.to_dict() for s in subs_task.result().data]
-        charges = [c.to_dict() for c in charges_task.result().data]
-        currency = customer.get("currency") or next(
-            (s.get("currency") for s in _newest_first(subs) if s.get("currency")), None
-        )
-        balance = customer.get("balance")
-        return {
-            "id": customer_id,
-            "created_at": _iso(customer.get("created")),
-            "currency": currency,
-            "balance": money(int(balance), currency) if currency and balance is not None else None,
-            "delinquent": bool(customer.get("delinquent")),
-            "dashboard_url": self.dashboard_url(customer_id),
-            "customers_count": len(customers),
-            **subscription_fields(subs, currency),
-            **charge_fields(charges, currency),
-        }
+
+def _succeeded(charge: Mapping[str, Any]) -> bool:
+    return charge.get("status") == "succeeded"
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first failure inside (possibly nested) task groups."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first

@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.support.fake_stripe",
     "tests.support.upstreams",
     "tests.support.redis_cluster",
+    "tests.support.vendors.stack",
 ]
 
 FAULT_TOTALS = Path(__file__).parent / "artifacts" / "faults.txt"

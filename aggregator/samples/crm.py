@@ -51,18 +51,6 @@ CONTACTS: dict[str, dict[str, Any]] = {
     },
 }
 
-# What the demo's rest connector keeps of a contact: output name -> JMESPath.
-FIELDS: dict[str, str] = {
-    "title": "title",
-    "phone": "phone",
-    "company": "company.name",
-    "industry": "company.industry",
-    "owner": "owner.name",
-    "stage": "lifecycle_stage",
-    "tags": "tags",
-    "last_contacted_at": "last_contacted_at",
-}
-
 
 def lookup(email: str) -> dict[str, Any]:
     """The API's answer for one email: its contact in ``data``, or an empty ``data``."""

@@ -1,11 +1,14 @@
-"""Sample SQL data for the demo, and a PostgreSQL to hold it.
+"""Sample SQL data for the demo, in a PostgreSQL database of its own, removed on close.
 
-``open_sample_database()`` uses ``DATABASE_URL`` when set, else the local server at
-``postgresql://postgres@127.0.0.1:5432/postgres`` when it answers, else an embedded
-PostgreSQL from ``pgserver`` in a temporary directory. It runs ``seed.sql`` (the same file
-the compose stack's PostgreSQL runs) in the schema ``aggregator_demo`` (created if missing,
-rows upserted, nothing else touched) and leaves it in place on close; an embedded server is
-stopped and its directory removed.
+``open_sample_database(server_dsn)`` picks a server: ``server_dsn`` when given
+(``aggregator demo --database-url``), else the local one at
+``postgresql://postgres@127.0.0.1:5432/postgres`` when it answers, else an embedded PostgreSQL
+from ``pgserver`` in a temporary directory. On that server it creates a throwaway database
+``aggregator_demo_<random>`` and runs ``seed.sql`` (the same file the compose stack's
+PostgreSQL runs) in it. When the role may not create databases, a throwaway schema of that
+name in the given database takes its place (the DSN handed out sets its ``search_path``).
+``close()`` drops what was created (the database, or the schema) and nothing else; an embedded
+server is stopped and its directory removed. $DATABASE_URL is never read.
 """
 
 from __future__ import annotations
@@ -13,80 +16,54 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
+import secrets
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger("aggregator.demo")
 
-SCHEMA = "aggregator_demo"
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-_SEED_LOCK = 0x61676764656D6F  # pg_advisory_xact_lock key: concurrent demos seed one at a time
-
+NAME_PREFIX = "aggregator_demo_"
 SEED_FILE = "seed.sql"  # package data beside this module, also mounted by docker-compose.yml
-
-# The demo's postgres connector: one row of the account, every invoice (latest first).
-QUERIES: dict[str, Any] = {
-    "account": (
-        "SELECT company, plan, seats, '$' || to_char(mrr, 'FM999,999,990.00') AS mrr, "
-        "signed_up_at, trial_ends_at, last_seen_at, features "
-        "FROM aggregator_demo.accounts WHERE lower(email) = $1"
-    ),
-    "invoices": {
-        "sql": (
-            "SELECT number, '$' || to_char(amount, 'FM999,999,990.00') AS amount, status, "
-            "issued_on FROM aggregator_demo.invoices WHERE lower(email) = $1 "
-            "ORDER BY issued_on DESC"
-        ),
-        "many": True,
-    },
-}
 
 
 @dataclass
 class SampleDatabase:
-    """A seeded PostgreSQL: its DSN, where it came from, and what to stop on close."""
+    """A seeded throwaway database: its DSN, where it lives, and what to remove on close."""
 
     dsn: str
     origin: str
-    _server: Any = None
+    name: str
+    kind: str  # "database" or "schema"
+    _admin_dsn: str = field(repr=False)
+    _server: Any = field(default=None, repr=False)
     _tempdir: Path | None = field(default=None, repr=False)
 
     async def close(self) -> None:
-        """Stop an embedded server and remove its directory; a shared server is left alone."""
+        """Drop the throwaway database or schema; stop an embedded server, remove its files."""
         server, self._server = self._server, None
-        if server is not None:
-            await asyncio.to_thread(server.cleanup)
         tempdir, self._tempdir = self._tempdir, None
-        if tempdir is not None:
-            await asyncio.to_thread(shutil.rmtree, tempdir, True)
+        try:
+            if server is None and self.name:
+                await _drop(self._admin_dsn, self.kind, self.name)
+        finally:
+            if server is not None:
+                await asyncio.to_thread(server.cleanup)
+            if tempdir is not None:
+                await asyncio.to_thread(shutil.rmtree, tempdir, True)
 
 
 def seed_sql() -> str:
     """The sample tables and rows: ``seed.sql``, with no schema names in it."""
     return resources.files("aggregator.samples").joinpath(SEED_FILE).read_text(encoding="utf-8")
-
-
-async def seed(dsn: str) -> None:
-    """Create and fill the ``aggregator_demo`` schema (idempotent)."""
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SEED_LOCK)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-            await conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
-            await conn.execute(seed_sql())
-    finally:
-        await conn.close()
 
 
 async def answers(dsn: str) -> bool:
@@ -99,9 +76,58 @@ async def answers(dsn: str) -> bool:
     return True
 
 
-def _where(dsn: str) -> str:
+def where(dsn: str) -> str:
+    """``host:port/database`` of a DSN, without credentials."""
     parts = urlsplit(dsn)
     return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def _with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def _with_search_path(dsn: str, schema: str) -> str:
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query)) | {"search_path": schema}
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def _create(admin_dsn: str) -> tuple[str, str, str]:
+    """Create a throwaway database (or, without the right to, a schema): (dsn, kind, name)."""
+    name = NAME_PREFIX + secrets.token_hex(4)
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.InsufficientPrivilegeError:
+            await conn.execute(f'CREATE SCHEMA "{name}"')
+            return _with_search_path(admin_dsn, name), "schema", name
+    finally:
+        await conn.close()
+    return _with_database(admin_dsn, name), "database", name
+
+
+async def _drop(admin_dsn: str, kind: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        if kind == "schema":
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            return
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.PostgresSyntaxError:  # PostgreSQL < 13
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _seed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        async with conn.transaction():
+            await conn.execute(seed_sql())
+    finally:
+        await conn.close()
 
 
 def _start_embedded(root: Path) -> Any:
@@ -115,15 +141,13 @@ def _start_embedded(root: Path) -> Any:
 
 
 async def open_sample_database(
-    env: Mapping[str, str] | None = None, local_dsn: str = LOCAL_DSN
+    server_dsn: str | None = None, local_dsn: str = LOCAL_DSN
 ) -> SampleDatabase:
-    """A seeded PostgreSQL for the demo (see the module docstring for which one)."""
-    environ = os.environ if env is None else env
-    url = environ.get("DATABASE_URL")
-    if url:
-        database = SampleDatabase(url, "DATABASE_URL")
+    """A seeded throwaway PostgreSQL database for the demo (see the module docstring)."""
+    if server_dsn:
+        admin, origin = server_dsn, f"PostgreSQL at {where(server_dsn)} (--database-url)"
     elif await answers(local_dsn):
-        database = SampleDatabase(local_dsn, f"PostgreSQL at {_where(local_dsn)}")
+        admin, origin = local_dsn, f"PostgreSQL at {where(local_dsn)}"
     else:
         root = Path(tempfile.mkdtemp(prefix="aggregator-demo-pg-"))
         try:
@@ -132,9 +156,18 @@ async def open_sample_database(
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
-        database = SampleDatabase(dsn, "embedded PostgreSQL (pgserver)", server, root)
+        database = SampleDatabase(dsn, "embedded PostgreSQL (pgserver)", "", "server", dsn)
+        database._server, database._tempdir = server, root
+        try:
+            await _seed(dsn)
+        except BaseException:
+            await database.close()
+            raise
+        return database
+    dsn, kind, name = await _create(admin)
+    database = SampleDatabase(dsn, origin, name, kind, admin)
     try:
-        await seed(database.dsn)
+        await _seed(dsn)
     except BaseException:
         await database.close()
         raise

@@ -1,41 +1,54 @@
-"""A local server that speaks Stripe's wire format, for the demo and the tests.
+"""A local server that speaks Stripe's wire format, for the demo, the tests and ``bench/``.
 
 ``start_fake_stripe()`` serves a seeded (or empty) account on a loopback port; the test
-fixture in ``tests/support/fake_stripe.py`` wraps it. Only ``GET /v1/customers``,
-``/v1/customers/<id>``, ``/v1/subscriptions`` and ``/v1/charges`` are served, with
-Stripe's list objects, error
-bodies, ``expand[]`` and its four-level limit.
+fixture in ``tests/support/fake_stripe.py`` wraps it. ``GET`` only, as Stripe answers:
+
+- ``/v1/customers`` (``email``: case-sensitive, as Stripe's filter) and ``/v1/customers/<id>``
+- ``/v1/subscriptions`` (``customer``, ``status``; canceled ones only with ``status=all``)
+  and ``/v1/subscription_items?subscription=``
+- ``/v1/charges?customer=``, ``/v1/invoices`` (``customer``, ``status``),
+  ``/v1/disputes`` (``charge``, ``payment_intent``)
+- ``/v1/products`` (``ids[]``), ``/v1/products/<id>``, ``/v1/prices/<id>``, ``/v1/coupons/<id>``
+
+with Stripe's list objects (``has_more``, ``starting_after``, ``limit`` 1-100), error
+bodies, ``expand[]`` of any id (and of a price's ``tiers``, which Stripe only includes on
+request) refused past four levels, ``data`` included, as Stripe refuses it
+(https://docs.stripe.com/api/expanding_objects).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-import json
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 JSON = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LIVE_DEFAULT = frozenset({"active", "trialing", "past_due", "unpaid", "incomplete", "paused"})
 BASE_TIME = 1_700_000_000
+MAX_EXPAND_LEVELS = 4
+_INCLUDABLE = {"price": {"tiers"}}
 
 
-@dataclass
-class Failure:
-    """An injected answer: ``times`` requests (None: every one) to ``path`` (None: any)."""
+class ApiError(Exception):
+    """An answer in Stripe's error shape."""
 
-    status: int
-    times: int | None
-    headers: dict[str, str] = field(default_factory=dict)
-    error_type: str = "api_error"
-    path: str | None = None
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
-
-def _error(status: int, message: str, error_type: str = "invalid_request_error") -> web.Response:
-    body = {"error": {"type": error_type, "message": message}}
-    return web.json_response(body, status=status, headers={"Request-Id": "req_fake"})
+    def response(self) -> web.Response:
+        """The error as Stripe sends it."""
+        error: JSON = {"type": "invalid_request_error", "message": str(self)}
+        if self.code:
+            error["code"] = self.code
+        body = {"error": error}
+        return web.json_response(body, status=self.status, headers={"Request-Id": "req_fake"})
 
 
 def _expansions(query: Any) -> list[str]:
@@ -43,8 +56,13 @@ def _expansions(query: Any) -> list[str]:
     return [v for k, v in query.items() if k == "expand[]" or k.startswith("expand[")]
 
 
+def _array(query: Any, name: str) -> list[str]:
+    """``name[]=a`` or ``name[0]=a`` into a list."""
+    return [v for k, v in query.items() if k == f"{name}[]" or k.startswith(f"{name}[")]
+
+
 class FakeStripe:
-    """In-memory Stripe account with switches for failures and counters of requests."""
+    """An in-memory Stripe account served over HTTP, counting the requests it receives."""
 
     def __init__(self, key: str = "sk_test_fake") -> None:
         self.key = key
@@ -52,21 +70,61 @@ class FakeStripe:
         self.customers: list[JSON] = []
         self.subscriptions: list[JSON] = []
         self.charges: list[JSON] = []
+        self.invoices: list[JSON] = []
+        self.disputes: list[JSON] = []
         self.products: dict[str, JSON] = {}
+        self.prices: dict[str, JSON] = {}
+        self.coupons: dict[str, JSON] = {}
+        self.objects: dict[str, JSON] = {}
         self.requests: Counter[str] = Counter()
         self.queries: list[tuple[str, str]] = []
-        self.failures: list[Failure] = []
         self.runner: web.AppRunner | None = None
+        self._tiers: dict[str, list[JSON]] = {}
         self._ids = itertools.count(1)
         self._clock = itertools.count(BASE_TIME, 1000)
 
     # --- data -----------------------------------------------------------------------------
 
-    def _id(self, prefix: str) -> str:
+    def new_id(self, prefix: str) -> str:
+        """A fresh id with Stripe's prefix for the kind of object."""
         return f"{prefix}_fake{next(self._ids):04d}"
 
     def _created(self, created: int | None) -> int:
         return next(self._clock) if created is None else created
+
+    def add(self, obj: JSON) -> JSON:
+        """Store any Stripe object (by its ``object``) so it is listed or expanded; returns it."""
+        kind = obj.get("object")
+        lists = {
+            "customer": self.customers,
+            "subscription": self.subscriptions,
+            "charge": self.charges,
+            "invoice": self.invoices,
+            "dispute": self.disputes,
+        }
+        if kind in lists:
+            lists[str(kind)].append(obj)
+        elif kind == "product":
+            self.products[obj["id"]] = obj
+        elif kind == "coupon":
+            self.coupons[obj["id"]] = obj
+        elif kind == "price":
+            if isinstance(obj.get("tiers"), list):
+                self._tiers[obj["id"]] = obj.pop("tiers")
+            self.prices[obj["id"]] = obj
+        if kind == "subscription":
+            for item in obj.get("items", {}).get("data", []):
+                self._store_price(item)
+        self.objects[obj["id"]] = obj
+        return obj
+
+    def _store_price(self, item: JSON) -> None:
+        price = item.get("price")
+        if isinstance(price, dict):
+            if isinstance(price.get("tiers"), list):
+                self._tiers[price["id"]] = price.pop("tiers")
+            self.prices.setdefault(price["id"], price)
+        self.objects[item["id"]] = item
 
     def add_customer(
         self,
@@ -80,20 +138,23 @@ class FakeStripe:
         id: str | None = None,
     ) -> JSON:
         """Add a customer; ``created`` defaults to a clock that only moves forward."""
-        customer: JSON = {
-            "id": id or self._id("cus"),
-            "object": "customer",
-            "email": email,
-            "name": name,
-            "created": self._created(created),
-            "currency": currency,
-            "balance": balance,
-            "delinquent": delinquent,
-            "livemode": not self.key.startswith(("sk_test_", "rk_test_")),
-            "metadata": {},
-        }
-        self.customers.append(customer)
-        return customer
+        return self.add(
+            {
+                "id": id or self.new_id("cus"),
+                "object": "customer",
+                "email": email,
+                "name": name,
+                "created": self._created(created),
+                "currency": currency,
+                "balance": balance,
+                "delinquent": delinquent,
+                "default_source": None,
+                "discount": None,
+                "invoice_settings": {"default_payment_method": None},
+                "livemode": not self.key.startswith(("sk_test_", "rk_test_")),
+                "metadata": {},
+            }
+        )
 
     def item(
         self,
@@ -110,12 +171,13 @@ class FakeStripe:
         """A subscription item with its price (the product is kept apart, as in Stripe)."""
         product_id = next((p for p, v in self.products.items() if v["name"] == product), None)
         if product_id is None:
-            product_id = self._id("prod")
-            self.products[product_id] = {"id": product_id, "object": "product", "name": product}
+            product_id = self.new_id("prod")
+            self.add({"id": product_id, "object": "product", "name": product, "active": True})
         price = {
-            "id": self._id("price"),
+            "id": self.new_id("price"),
             "object": "price",
             "active": True,
+            "billing_scheme": "per_unit",
             "currency": currency,
             "nickname": nickname,
             "product": product_id,
@@ -123,16 +185,20 @@ class FakeStripe:
                 "interval": interval,
                 "interval_count": interval_count,
                 "usage_type": "licensed",
+                "meter": None,
             },
+            "tiers_mode": None,
+            "transform_quantity": None,
             "type": "recurring",
             "unit_amount": unit_amount,
             "unit_amount_decimal": str(unit_amount),
         }
         return {
-            "id": self._id("si"),
+            "id": self.new_id("si"),
             "object": "subscription_item",
             "price": price,
             "quantity": quantity,
+            "discounts": [],
             "current_period_end": current_period_end,
         }
 
@@ -149,7 +215,7 @@ class FakeStripe:
     ) -> JSON:
         """Add a subscription; ``current_period_end`` set here uses the pre-2025 shape."""
         customer_id = customer if isinstance(customer, str) else customer["id"]
-        sub_id = self._id("sub")
+        sub_id = self.new_id("sub")
         for item in items:
             item["subscription"] = sub_id
         subscription: JSON = {
@@ -159,7 +225,14 @@ class FakeStripe:
             "status": status,
             "created": self._created(created),
             "currency": items[0]["price"]["currency"] if items else "usd",
+            "cancel_at": None,
             "cancel_at_period_end": cancel_at_period_end,
+            "canceled_at": None,
+            "ended_at": None,
+            "default_payment_method": None,
+            "default_source": None,
+            "discounts": [],
+            "pause_collection": None,
             "trial_end": trial_end,
             "items": {
                 "object": "list",
@@ -170,8 +243,7 @@ class FakeStripe:
         }
         if current_period_end is not None:
             subscription["current_period_end"] = current_period_end
-        self.subscriptions.append(subscription)
-        return subscription
+        return self.add(subscription)
 
     def add_charge(
         self,
@@ -182,28 +254,96 @@ class FakeStripe:
         status: str = "succeeded",
         amount_refunded: int = 0,
         created: int | None = None,
+        failure_message: str | None = None,
     ) -> JSON:
         """Add a charge; ``status`` is succeeded, pending or failed."""
         customer_id = customer if isinstance(customer, str) else customer["id"]
-        charge = {
-            "id": self._id("ch"),
-            "object": "charge",
-            "customer": customer_id,
-            "amount": amount,
-            "amount_captured": amount if status == "succeeded" else 0,
-            "amount_refunded": amount_refunded,
-            "refunded": amount_refunded >= amount > 0,
-            "currency": currency,
-            "status": status,
-            "paid": status == "succeeded",
-            "created": self._created(created),
-        }
-        self.charges.append(charge)
-        return charge
+        succeeded = status == "succeeded"
+        return self.add(
+            {
+                "id": self.new_id("ch"),
+                "object": "charge",
+                "customer": customer_id,
+                "amount": amount,
+                "amount_captured": amount if succeeded else 0,
+                "amount_refunded": amount_refunded,
+                "captured": succeeded,
+                "refunded": amount_refunded >= amount > 0,
+                "disputed": False,
+                "currency": currency,
+                "status": status,
+                "paid": succeeded,
+                "failure_message": failure_message,
+                "created": self._created(created),
+            }
+        )
+
+    def add_card(
+        self,
+        customer: JSON,
+        *,
+        brand: str = "visa",
+        last4: str = "4242",
+        exp_month: int = 8,
+        exp_year: int = 2030,
+    ) -> JSON:
+        """Add a card PaymentMethod and make it the customer's default for invoices."""
+        method = self.add(
+            {
+                "id": self.new_id("pm"),
+                "object": "payment_method",
+                "type": "card",
+                "customer": customer["id"],
+                "card": {
+                    "brand": brand,
+                    "display_brand": brand,
+                    "last4": last4,
+                    "exp_month": exp_month,
+                    "exp_year": exp_year,
+                },
+                "created": self._created(None),
+            }
+        )
+        customer["invoice_settings"]["default_payment_method"] = method["id"]
+        return method
+
+    def add_invoice(
+        self,
+        customer: JSON | str,
+        amount_due: int,
+        *,
+        currency: str = "usd",
+        status: str = "open",
+        created: int | None = None,
+        due_date: int | None = None,
+    ) -> JSON:
+        """Add an invoice (``open`` by default) with its hosted page's URL."""
+        customer_id = customer if isinstance(customer, str) else customer["id"]
+        invoice_id = self.new_id("in")
+        return self.add(
+            {
+                "id": invoice_id,
+                "object": "invoice",
+                "customer": customer_id,
+                "status": status,
+                "amount_due": amount_due,
+                "amount_paid": 0,
+                "amount_remaining": amount_due if status == "open" else 0,
+                "currency": currency,
+                "collection_method": "send_invoice" if due_date else "charge_automatically",
+                "attempted": due_date is None,
+                "attempt_count": 0 if due_date else 1,
+                "due_date": due_date,
+                "next_payment_attempt": None,
+                "hosted_invoice_url": f"https://invoice.stripe.com/i/{invoice_id}",
+                "created": self._created(created),
+            }
+        )
 
     def seed(self) -> None:
         """Sample customers for the demo and end-to-end tests."""
         ada = self.add_customer("ada@example.com", name="Ada Lovelace", currency="usd")
+        self.add_card(ada)
         self.add_subscription(
             ada,
             [self.item(4900, nickname="Pro monthly", current_period_end=BASE_TIME + 2_592_000)],
@@ -218,137 +358,174 @@ class FakeStripe:
             status="canceled",
         )
         self.add_charge(grace, 297000, currency="eur")
-        self.add_charge(grace, 297000, currency="eur", status="failed")
+        self.add_charge(
+            grace,
+            297000,
+            currency="eur",
+            status="failed",
+            failure_message="Your card was declined.",
+        )
+        self.add_invoice(grace, 297000, currency="eur", due_date=BASE_TIME + 1_296_000)
         self.add_customer("alan@example.com", name="Alan Turing", currency="jpy", balance=-500)
-
-    # --- switches -------------------------------------------------------------------------
-
-    def fail(
-        self,
-        status: int,
-        times: int | None = 1,
-        headers: dict[str, str] | None = None,
-        error_type: str = "api_error",
-        path: str | None = None,
-    ) -> None:
-        """Answer the next ``times`` requests (None: all) to ``path`` (None: any) with an error."""
-        self.failures.append(Failure(status, times, headers or {}, error_type, path))
-
-    def fail_429(
-        self, times: int = 1, retry_after: str | None = "0", path: str | None = None
-    ) -> None:
-        """Answer like Stripe's rate limiter, with ``Retry-After`` when given."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
-        self.fail(429, times, headers, "rate_limit_error", path)
-
-    def fail_500(self, times: int | None = None, path: str | None = None) -> None:
-        """Answer 500 to the next ``times`` requests, or to all of them."""
-        self.fail(500, times, path=path)
-
-    def heal(self) -> None:
-        """Drop every injected failure."""
-        self.failures.clear()
 
     @property
     def total_requests(self) -> int:
-        """Requests received on every path, failures included."""
+        """Requests received on every path."""
         return sum(self.requests.values())
 
     # --- HTTP -----------------------------------------------------------------------------
 
+    def middlewares(self) -> list[Any]:
+        """The middlewares of the app, outermost first (a subclass may add its own)."""
+        return [self._count_and_authorize]
+
     def app(self) -> web.Application:
         """The aiohttp application serving this account."""
-        app = web.Application(middlewares=[self._middleware])
-        app.router.add_get("/v1/customers", self._customers)
-        app.router.add_get("/v1/customers/{id}", self._customer)
-        app.router.add_get("/v1/subscriptions", self._subscriptions)
-        app.router.add_get("/v1/charges", self._charges)
+        app = web.Application(middlewares=self.middlewares())
+        routes = {
+            "/v1/customers": self._customers,
+            "/v1/customers/{id}": self._retrieve("customer", "customers"),
+            "/v1/subscriptions": self._subscriptions,
+            "/v1/subscription_items": self._subscription_items,
+            "/v1/charges": self._charges,
+            "/v1/invoices": self._invoices,
+            "/v1/disputes": self._disputes,
+            "/v1/products": self._products,
+            "/v1/products/{id}": self._retrieve("product", "products"),
+            "/v1/prices/{id}": self._retrieve("price", "prices"),
+            "/v1/coupons/{id}": self._retrieve("coupon", "coupons"),
+        }
+        for path, handler in routes.items():
+            app.router.add_get(path, handler)
         return app
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _count_and_authorize(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
         self.requests[request.path] += 1
         self.queries.append((request.path, request.query_string))
         if request.headers.get("Authorization") != f"Bearer {self.key}":
-            return _error(401, "Invalid API Key provided: sk_****")
-        failure = next((f for f in self.failures if f.path in (None, request.path)), None)
-        if failure is not None:
-            if failure.times is not None:
-                failure.times -= 1
-                if failure.times <= 0:
-                    self.failures.remove(failure)
-            body = {"error": {"type": failure.error_type, "message": "Injected failure."}}
-            return web.json_response(body, status=failure.status, headers=failure.headers)
+            return ApiError(401, "Invalid API Key provided: sk_****").response()
         try:
-            response: web.StreamResponse = await handler(request)
+            return await handler(request)
+        except ApiError as error:
+            return error.response()
         except web.HTTPNotFound:
-            return _error(404, f"Unrecognized request URL (GET: {request.path}).")
-        return response
+            return ApiError(404, f"Unrecognized request URL (GET: {request.path}).").response()
+
+    def _lookup(self, value: Any) -> Any:
+        found = self.objects.get(value) if isinstance(value, str) else None
+        return copy.deepcopy(found) if found is not None else value
+
+    def _expand(self, obj: Any, path: list[str]) -> None:
+        if isinstance(obj, list):
+            for element in obj:
+                self._expand(element, path)
+            return
+        if not isinstance(obj, dict):
+            return
+        key, rest = path[0], path[1:]
+        includable = key in _INCLUDABLE.get(str(obj.get("object")), set())
+        if key not in obj and not includable:
+            raise ApiError(400, f"This property cannot be expanded ({key}).")
+        if includable and not rest:
+            obj[key] = copy.deepcopy(self._tiers.get(obj["id"]))
+            return
+        value = obj.get(key)
+        if isinstance(value, list):
+            value = obj[key] = [self._lookup(v) for v in value]
+        else:
+            value = obj[key] = self._lookup(value)
+        if rest:
+            self._expand(value, rest)
+
+    def _expanded(self, request: web.Request, obj: JSON) -> JSON:
+        obj = copy.deepcopy(obj)
+        for path in _expansions(request.query):
+            parts = path.split(".")
+            if len(parts) > MAX_EXPAND_LEVELS:
+                raise ApiError(
+                    400,
+                    "You cannot expand more than 4 levels of a property. Property: " + path,
+                    "property_expansion_max_depth",
+                )
+            self._expand(obj, parts)
+        return obj
 
     def _page(self, request: web.Request, objects: list[JSON]) -> web.Response:
         query = request.query
         try:
             limit = int(query.get("limit", "10"))
         except ValueError:
-            return _error(400, "Invalid integer: limit")
+            raise ApiError(400, "Invalid integer: limit") from None
         if not 1 <= limit <= 100:
-            return _error(400, "Invalid limit: must be between 1 and 100")
-        expand = _expansions(query)
-        for path in expand:
-            parts = path.split(".")
-            if len(parts[1:] if parts[0] == "data" else parts) > 4:
-                return _error(400, "You cannot expand more than 4 levels of a property.")
+            raise ApiError(400, "Invalid limit: must be between 1 and 100")
         ordered = sorted(objects, key=lambda o: o["created"], reverse=True)
         after = query.get("starting_after")
         if after:
             ids = [o["id"] for o in ordered]
-            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-        data = [self._expand(json.loads(json.dumps(o)), expand) for o in ordered[:limit]]
-        body = {
-            "object": "list",
-            "data": data,
-            "has_more": len(ordered) > limit,
-            "url": request.path,
-        }
-        return web.json_response(body)
+            if after not in ids:
+                raise ApiError(400, f"Invalid starting_after: no such object {after}")
+            ordered = ordered[ids.index(after) + 1 :]
+        page = self._expanded(request, {"object": "list", "data": ordered[:limit]})
+        page |= {"has_more": len(ordered) > limit, "url": request.path}
+        return web.json_response(page)
 
-    def _expand(self, obj: JSON, expand: list[str]) -> JSON:
-        if "data.items.data.price.product" in expand:
-            for item in obj.get("items", {}).get("data", []):
-                product = item["price"]["product"]
-                item["price"]["product"] = self.products.get(product, product)
-        return obj
+    def _retrieve(self, kind: str, store: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            wanted = request.match_info["id"]
+            stored = getattr(self, store)
+            found = stored.get(wanted) if isinstance(stored, dict) else None
+            if isinstance(stored, list):
+                found = next((o for o in stored if o["id"] == wanted), None)
+            if found is None:
+                raise ApiError(404, f"No such {kind}: '{wanted}'", "resource_missing")
+            return web.json_response(self._expanded(request, found))
+
+        return handler
+
+    @staticmethod
+    def _matching(objects: list[JSON], request: web.Request, *names: str) -> list[JSON]:
+        wanted = {name: request.query[name] for name in names if name in request.query}
+        return [o for o in objects if all(o.get(k) == v for k, v in wanted.items())]
 
     async def _customers(self, request: web.Request) -> web.Response:
-        email = request.query.get("email")
-        found = [c for c in self.customers if email is None or c["email"] == email]
-        return self._page(request, found)
-
-    async def _customer(self, request: web.Request) -> web.Response:
-        wanted = request.match_info["id"]
-        for customer in self.customers:
-            if customer["id"] == wanted:
-                return web.json_response(customer)
-        return _error(404, f"No such customer: '{wanted}'")
+        return self._page(request, self._matching(self.customers, request, "email"))
 
     async def _subscriptions(self, request: web.Request) -> web.Response:
-        customer = request.query.get("customer")
         status = request.query.get("status")
         found = [
             s
-            for s in self.subscriptions
-            if (customer is None or s["customer"] == customer)
-            and (
-                status == "all"
-                or (s["status"] == status if status else s["status"] in LIVE_DEFAULT)
-            )
+            for s in self._matching(self.subscriptions, request, "customer")
+            if status == "all" or (s["status"] == status if status else s["status"] in LIVE_DEFAULT)
         ]
         return self._page(request, found)
 
+    async def _subscription_items(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("subscription")
+        if not wanted:
+            raise ApiError(400, "Missing required param: subscription.")
+        found = next((s for s in self.subscriptions if s["id"] == wanted), None)
+        if found is None:
+            raise ApiError(404, f"No such subscription: '{wanted}'", "resource_missing")
+        items = [dict(item, created=item.get("created") or 0) for item in found["items"]["data"]]
+        return self._page(request, items)
+
     async def _charges(self, request: web.Request) -> web.Response:
-        customer = request.query.get("customer")
-        found = [c for c in self.charges if customer is None or c["customer"] == customer]
+        return self._page(request, self._matching(self.charges, request, "customer"))
+
+    async def _invoices(self, request: web.Request) -> web.Response:
+        return self._page(request, self._matching(self.invoices, request, "customer", "status"))
+
+    async def _disputes(self, request: web.Request) -> web.Response:
+        found = self._matching(self.disputes, request, "charge", "payment_intent")
         return self._page(request, found)
+
+    async def _products(self, request: web.Request) -> web.Response:
+        ids = _array(request.query, "ids")
+        found = [p for p in self.products.values() if not ids or p["id"] in ids]
+        return self._page(request, [dict(p, created=p.get("created") or 0) for p in found])
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: any free port); returns the base URL."""

@@ -45,6 +45,7 @@ CONCURRENCY = 50
 TTL = 0.5
 STALE_TTL = 3600.0
 SEED = 20240604
+HEALTHZ_LIVENESS = 0.5
 
 CHAOS_MIX: dict[Kind, float] = {
     "ok": 0.50,
@@ -402,6 +403,40 @@ async def test_a_frozen_redis_does_not_stretch_the_deadline(
     assert body["crm_tier"] == "gold"
     assert body["slow_error"] == "timeout"
     assert elapsed <= DEADLINE + SLACK, f"answered after {elapsed:.3f} s"
+
+
+async def test_a_record_of_keys_sanitizing_alike_does_not_stall_the_loop(
+    cache_namespace: str,
+) -> None:
+    # One CRM record of 60,000 keys that all sanitize to "a" ("a!", "a#", ...). Naive
+    # renaming is quadratic: minutes on the event loop, every request waiting. Liveness
+    # is asserted, not speed: /healthz keeps answering while the profile is built.
+    async with running_chaos({"alike_keys": 1.0}) as hostile:
+        connector = {"type": "rest", "url": hostile.template, "select": "data[0]"}
+        settings = settings_from(
+            {"crm": connector},
+            server={"deadline": 3.0},
+            cache={"namespace": cache_namespace},
+        )
+        async with running_proxy(settings) as proxy:
+            waits: list[float] = []
+            building = asyncio.create_task(proxy.profile("ada@example.com"))
+            while not building.done():
+                started = time.perf_counter()
+                status, _ = await proxy.get("/healthz")
+                waits.append(time.perf_counter() - started)
+                assert status == 200
+                await asyncio.sleep(0.005)
+            status, body = await building
+
+    assert hostile.counts["alike_keys"] == 1
+    assert waits, "the profile was built before /healthz could be asked"
+    assert max(waits) < HEALTHZ_LIVENESS, f"/healthz waited {max(waits):.3f} s"
+    assert status == 200
+    assert body["crm_truncated"] is True
+    assert body["crm_a"] == 0
+    assert body["crm_a_1000"] == 999
+    assert sum(key.startswith("crm_a") for key in body) == 1000
 
 
 # -- the fuzz test ---------------------------------------------------------------------

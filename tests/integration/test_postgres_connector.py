@@ -444,3 +444,23 @@ def test_settings_defaults() -> None:
     assert settings.timeout == 1.0
     assert (settings.min_size, settings.max_size, settings.statement_timeout) == (1, 10, None)
     assert "postgresql://x/y" not in repr(settings)
+
+
+async def test_formats_show_money_and_dates_like_stripe(
+    pg_schema: PgSchema, make_connector: Factory
+) -> None:
+    connector = make_connector(
+        dsn=pg_schema.dsn,
+        queries={"account": ACCOUNT_SQL, "invoices": {"sql": INVOICES_SQL, "many": True}},
+        formats={"mrr": "money:eur", "signed_up_at": "date", "amount": "money:usd"},
+    )
+
+    outcome = await connector.fetch("ada@example.com")
+
+    assert outcome.status == "ok"
+    fields = flatten(outcome.fields)
+    assert fields["account_mrr"] == "€1499.50"
+    assert fields["account_signed_up_at"] == "2021-03-04"
+    assert fields["account_plan"] == "Pro"
+    amounts = [v for k, v in fields.items() if k.startswith("invoices_") and k.endswith("_amount")]
+    assert amounts and all(isinstance(a, str) and a.startswith("$") for a in amounts)

@@ -72,13 +72,52 @@ async def test_page_has_the_form_and_the_sample_template(crm: FakeCrm) -> None:
     )
     assert textarea is not None
     assert html.unescape(textarea.group(1)) == sample_template()
-    assert '<iframe id="sidebar"' in page and 'sandbox=""' in page
+    frame = re.search(r'<iframe id="sidebar"[^>]*>', page)
+    assert frame is not None and 'sandbox="allow-same-origin"' in frame.group(0)
+    assert "allow-scripts" not in frame.group(0)
     assert "<script>@example.com" not in page
     # Self-contained: no asset from anywhere else, and the policy would block one anyway.
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "default-src 'none'" in policy
     nonce = re.search(r"'nonce-([^']+)'", policy)
     assert nonce is not None and f'<script nonce="{nonce.group(1)}">' in page
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "__TEMPLATE__",
+        "__TEMPLATE____NONCE____TOKEN__",
+        'a"__TEMPLATE__@example.com',
+        "x</textarea><script>alert(1)</script>@example.com",
+    ],
+)
+async def test_page_values_are_escaped_and_never_expanded_again(crm: FakeCrm, email: str) -> None:
+    """Issue 11: ``email=__TEMPLATE__`` once spliced the whole template into the attribute."""
+    async with running_proxy(settings_from(connectors(crm))) as proxy:
+        params = {"api_token": TOKEN, "email": email}
+        async with proxy.session.get(f"{proxy.url}/preview", params=params) as response:
+            assert response.status == 200
+            page = await response.text()
+            nonce = re.search(r"'nonce-([^']+)'", response.headers["Content-Security-Policy"])
+    field = re.search(r'<input type="email" id="email" name="email" value="([^"]*)"', page)
+    assert field is not None
+    assert html.unescape(field.group(1)) == email
+    textarea = re.search(r'<textarea id="template"[^>]*>(.*?)</textarea>', page, re.S)
+    assert textarea is not None
+    assert html.unescape(textarea.group(1)) == sample_template()
+    assert page.count("{% comment %}") == 1
+    assert nonce is not None and page.count(nonce.group(1)) == 1
+    assert "<script>alert(1)" not in page
+
+
+async def test_page_with_an_email_is_a_deep_link(crm: FakeCrm) -> None:
+    async with running_proxy(settings_from(connectors(crm))) as proxy:
+        params = {"api_token": TOKEN, "email": "ada@example.com"}
+        async with proxy.session.get(f"{proxy.url}/preview", params=params) as response:
+            page = await response.text()
+    assert 'name="email" value="ada@example.com"' in page
+    assert "form.requestSubmit()" in page
 
 
 async def test_preview_renders_the_template_with_the_profile(crm: FakeCrm) -> None:

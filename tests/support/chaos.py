@@ -19,16 +19,38 @@ from typing import Any, Literal, get_args
 import orjson
 from aiohttp import web
 
-Kind = Literal["ok", "delay", "reset", "http500", "http429", "bad_json", "endless", "huge"]
+Kind = Literal[
+    "ok", "delay", "reset", "http500", "http429", "bad_json", "endless", "huge", "alike_keys"
+]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 FAULTS: tuple[Kind, ...] = tuple(k for k in KINDS if k != "ok")
 HUGE_BYTES = 50 * 1024 * 1024
+ALIKE_KEYS = 60_000
 _CHUNK = b"x" * (64 * 1024)
+_MARKS = "!#%&*+,-./"
+
+
+def alike_keys(count: int = ALIKE_KEYS, base: str = "a") -> list[str]:
+    """``count`` distinct keys that all sanitize to ``base``: ``a!``, ``a#``, ... ``a#!&``.
+
+    Each is ``base`` followed by the digits of its index written with punctuation, the
+    custom-field names a CRM user could type; merged naively they cost O(n^2) renames.
+    """
+    table = str.maketrans("0123456789", _MARKS)
+    return [base + str(index).translate(table) for index in range(count)]
+
+
+def alike_record(count: int = ALIKE_KEYS) -> dict[str, int]:
+    """One contact whose ``count`` keys all sanitize to ``a`` (about 10 bytes each as JSON)."""
+    return {key: index for index, key in enumerate(alike_keys(count))}
 
 
 def default_fields(email: str) -> dict[str, Any]:
     """The contact a healthy answer carries: a constant tier and a value derived from the email."""
     return {"tier": "gold", "letters": len(email)}
+
+
+_ALIKE_BODY = orjson.dumps({"data": [alike_record()]})
 
 
 @dataclass
@@ -116,6 +138,8 @@ class ChaosUpstream:
             return web.json_response({"error": "slow down"}, status=429, headers=headers)
         if kind == "bad_json":
             return web.Response(body=b'{"data": [{"tier": "go', content_type="application/json")
+        if kind == "alike_keys":
+            return web.Response(body=_ALIKE_BODY, content_type="application/json")
         return await self._stream(request, endless=kind == "endless")
 
     async def _stream(self, request: web.Request, *, endless: bool) -> web.StreamResponse:

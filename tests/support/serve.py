@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -20,15 +20,21 @@ SERVE = (sys.executable, "-m", "aggregator", "serve")
 
 
 class ServeProcess:
-    """``aggregator serve --config CONFIG`` on a free port, its output kept in ``log``."""
+    """``aggregator serve --config CONFIG [ARGS]`` on a free port, its output kept in ``log``."""
 
-    def __init__(self, config: Path, log: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = log.open("wb")
         self.proc = subprocess.Popen(
-            [*SERVE, "--config", str(config), "--port", str(self.port)],
+            [*SERVE, "--config", str(config), "--port", str(self.port), *args],
             cwd=ROOT,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -427,44 +427,44 @@ def test_connector_names_are_restricted() -> None:
     assert errors[0].startswith("config.yaml:4: connectors.My-CRM: a connector name may only")
 
 
-def test_duplicate_prefixes_among_enabled_connectors_name_both() -> None:
-    errors = problems(
+def test_connectors_may_share_a_prefix_including_the_empty_one() -> None:
+    settings = parse(
         AUTH
         + textwrap.dedent(
             """\
             connectors:
+              db:
+                type: rest
+                url: "https://db.example/c?email={email}"
+                prefix: ""
               crm:
                 type: rest
-                url: a
+                url: "https://crm.example/c?email={email}"
+                prefix: ""
               billing:
                 type: rest
-                url: b
+                url: "https://b.example/c?email={email}"
                 prefix: crm
-              old:
+              crm2:
                 type: rest
-                url: c
+                url: "https://c2.example/c?email={email}"
                 prefix: crm
-                enabled: false
             """
         )
     )
 
-    assert len(errors) == 1
-    assert errors[0].startswith("config.yaml:10: connectors.billing.prefix: ")
-    assert "'crm'" in errors[0] and "used by connector 'crm'" in errors[0]
+    assert [conf.prefix for _, conf in settings.enabled_connectors()] == ["", "", "crm", "crm"]
 
 
-def test_only_one_enabled_connector_may_use_the_empty_prefix() -> None:
+def test_a_prefix_with_other_characters_is_refused() -> None:
     errors = problems(
         AUTH
         + "connectors:\n"
-        + "  a:\n    type: rest\n    url: a\n    prefix: ''\n"
-        + "  b:\n    type: rest\n    url: b\n    prefix: ''\n"
+        + "  a:\n    type: rest\n    url: 'https://a.example/?e={email}'\n    prefix: 'My CRM'\n"
     )
 
     assert len(errors) == 1
-    assert errors[0].startswith("config.yaml:11: connectors.b.prefix: only one enabled")
-    assert "(a does already)" in errors[0]
+    assert errors[0].startswith("config.yaml:7: connectors.a.prefix: a prefix may only contain")
 
 
 def test_duplicate_yaml_key_names_both_lines() -> None:
@@ -638,3 +638,70 @@ def test_server_path_may_not_shadow_the_proxys_own_routes(path: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(text, source="c.yaml", env={}, connector_types=TYPES)
     assert f"c.yaml:4: server.path: {path} is one of the proxy's own paths" in str(caught.value)
+
+
+# -- postgres DSN and formats (issue 12) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("mysql://root:hunter2@db/app", "is a mysql:// URL"),
+        ("postgresql:/nohost", "is not a URL"),
+        ("hunter2", "is not a URL"),
+        ("", "is empty"),
+    ],
+)
+def test_a_postgres_dsn_that_is_not_postgresql_is_refused_at_its_line(
+    dsn: str, problem: str
+) -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        "connectors:\n"
+        "  db:\n"
+        "    type: postgres\n"
+        f'    dsn: "{dsn}"\n'
+        '    query: "SELECT 1"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, source="c.yaml", env={})
+    message = str(info.value)
+    assert f"c.yaml:5: connectors.db.dsn: {problem}" in message
+    assert "postgresql://" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:p@h/db", "postgres://h/db", "POSTGRESQL://h"])
+def test_postgresql_dsns_pass(dsn: str) -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        f'connectors:\n  db: {{type: postgres, dsn: "{dsn}", query: "SELECT 1"}}\n'
+    )
+    assert parse_settings(text, source="c.yaml", env={}).connectors["db"].enabled
+
+
+def test_a_disabled_connector_may_leave_the_dsn_empty() -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        "connectors:\n"
+        '  db: {type: postgres, enabled: false, dsn: "${DATABASE_URL}", query: "SELECT 1"}\n'
+    )
+    settings = parse_settings(text, source="c.yaml", env={"DATABASE_URL": ""})
+    assert not settings.connectors["db"].enabled
+
+
+def test_a_bad_format_is_refused_at_its_line() -> None:
+    text = (
+        'auth: {api_tokens: ["t"]}\n'
+        "connectors:\n"
+        "  db:\n"
+        "    type: postgres\n"
+        "    dsn: postgresql://h/db\n"
+        '    query: "SELECT 1"\n'
+        "    formats:\n"
+        "      mrr: money:usd\n"
+        "      seats: money\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, source="c.yaml", env={})
+    assert "c.yaml:9: connectors.db.formats.seats: money needs a currency" in str(info.value)

@@ -31,3 +31,27 @@ def test_a_plain_string_is_its_own_written_form() -> None:
 def test_unusable_addresses_are_refused(raw: str | None) -> None:
     with pytest.raises(InvalidEmail):
         parse_email(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "\u212aate@example.com",  # KELVIN SIGN: lower() would make it kate@example.com
+        "\u212bsa@example.com",  # ANGSTROM SIGN: lower() would make it åsa@example.com
+        "\uff4bate@example.com",  # FULLWIDTH LATIN SMALL LETTER K
+        "\ufb01sh@example.com",  # LATIN SMALL LIGATURE FI
+        "kate@exa\u0301mple.com",  # a separate combining accent (NFD)
+        "ka\u200bte@example.com",  # ZERO WIDTH SPACE
+        "kate@example.com\u00ad",  # SOFT HYPHEN
+    ],
+)
+def test_an_address_that_only_looks_plain_is_refused(raw: str) -> None:
+    with pytest.raises(InvalidEmail, match=r"normal form|invisible"):
+        parse_email(raw)
+
+
+def test_plain_unicode_addresses_are_lower_cased_like_ascii_ones() -> None:
+    assert parse_email("Ü@Bücher.DE") == "ü@bücher.de"
+    assert parse_email("Ü@Bücher.DE").as_sent == "Ü@Bücher.DE"
+    assert parse_email("ÅSA@example.com") == "åsa@example.com"
+    assert parse_email("Σοφία@example.gr") == "σοφία@example.gr"

@@ -1,0 +1,168 @@
+"""Hostile upstreams: a JSON API and PostgreSQL rows that are huge, deep, endless or wide.
+
+``HostileApi`` answers ``GET /contacts?email=<kind>[+tag]@...`` with the body named by
+the email's local part (``KINDS``); any other email gets a small, healthy contact.
+``seed_hostile_rows`` fills a ``hostile`` table and names the queries a ``postgres``
+connector runs against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.support.chaos import ALIKE_KEYS, alike_record
+from tests.support.pg import PgSchema
+
+WIDE_KEYS = 60_000
+DEEP_LEVELS = 1_000
+HUGE_BYTES = 50 * 1024 * 1024
+BOMB_BYTES = 1024 * 1024 * 1024
+ENDLESS_ROWS = 3_000_000
+HUGE_TEXT_CHARS = 5 * 1024 * 1024
+_CHUNK = b"x" * (64 * 1024)
+
+KINDS = ("alike", "wide", "deep", "huge", "endless", "bomb")
+"""What the hostile API sends, by the local part of the email asked for."""
+
+
+def deep_json(levels: int = DEEP_LEVELS) -> bytes:
+    """An object nested ``levels`` deep (orjson reads up to 1,024)."""
+    return b'{"n":' * levels + b"1" + b"}" * levels
+
+
+def _gzip_bomb(size: int = BOMB_BYTES) -> bytes:
+    """A gzip body of about 1 MB that inflates to ``size`` bytes of one JSON string."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(b'{"padding": "')]
+    block = b"x" * (1024 * 1024)
+    parts += [packer.compress(block) for _ in range(size // len(block))]
+    parts.append(packer.compress(b'"}'))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+class HostileApi:
+    """A CRM-like API whose answers are built to cost the proxy time and memory."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.served: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bodies = {
+            "alike": orjson.dumps(alike_record(ALIKE_KEYS)),
+            "wide": orjson.dumps({f"f{i}": i for i in range(WIDE_KEYS)}),
+            "deep": deep_json(),
+        }
+        self._bomb = _gzip_bomb()
+
+    @property
+    def template(self) -> str:
+        """The URL template a ``rest`` connector uses for this API."""
+        return f"{self.url}/contacts?email={{email}}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer with the body the email's local part names."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            kind = request.query.get("email", "").partition("@")[0].partition("+")[0]
+            if kind not in KINDS:
+                return web.json_response({"tier": "gold"})
+            self.served[kind] += 1
+            if kind in self._bodies:
+                return web.Response(body=self._bodies[kind], content_type="application/json")
+            if kind == "bomb":
+                headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+                return web.Response(body=self._bomb, headers=headers)
+            return await self._stream(request, endless=kind == "endless")
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _stream(self, request: web.Request, *, endless: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if not endless:
+            response.content_length = HUGE_BYTES
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write(b'{"padding": "')
+            sent = 0
+            while endless or sent < HUGE_BYTES:
+                await response.write(_CHUNK)
+                sent += len(_CHUNK)
+        return response
+
+    async def start(self) -> None:
+        """Serve on 127.0.0.1 on a free port."""
+        app = web.Application()
+        app.router.add_get("/contacts", self.handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def close(self) -> None:
+        """Stop serving; streams still running are cancelled."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@asynccontextmanager
+async def running_hostile_api() -> AsyncIterator[HostileApi]:
+    """A started HostileApi, closed on exit."""
+    api = HostileApi()
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+HOSTILE_QUERIES = {
+    # alike+3@example.com reads the row of alike@example.com: many emails, one row each.
+    "doc": "SELECT doc, note FROM hostile "
+    "WHERE email = split_part(split_part($1, '@', 1), '+', 1) || '@example.com'",
+    "rows": {
+        "sql": "SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, "
+        f"CASE WHEN $1::text LIKE 'endless%' THEN {ENDLESS_ROWS} ELSE 2 END) AS g",
+        "many": True,
+    },
+}
+"""The queries of a ``postgres`` connector over the ``hostile`` table."""
+
+
+async def seed_hostile_rows(schema: PgSchema) -> None:
+    """A ``hostile`` table: one row per kind, keyed by ``<kind>@example.com``."""
+    alike = orjson.dumps(alike_record(ALIKE_KEYS)).decode()
+    await schema.execute("CREATE TABLE hostile (email text PRIMARY KEY, doc jsonb, note text)")
+    await schema.execute(
+        "INSERT INTO hostile VALUES ('alike@example.com', $1::text::jsonb, NULL)", alike
+    )
+    await schema.execute(
+        "INSERT INTO hostile SELECT 'wide@example.com', "
+        f"jsonb_object_agg('field_' || g, g), NULL FROM generate_series(1, {WIDE_KEYS}) g"
+    )
+    await schema.execute(
+        "INSERT INTO hostile VALUES ('deep@example.com', $1::text::jsonb, NULL)",
+        deep_json(200).decode(),
+    )
+    await schema.execute(
+        "INSERT INTO hostile SELECT 'huge@example.com', jsonb_build_object('blob', t), t "
+        f"FROM repeat('x', {HUGE_TEXT_CHARS}) AS t"
+    )

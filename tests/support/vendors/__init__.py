@@ -1,0 +1,1 @@
+"""Local aiohttp servers speaking each CRM vendor's documented wire format, for tests."""
