@@ -232,3 +232,24 @@ def test_a_config_given_as_text_reads_relative_files_from_the_working_directory(
     )
 
     assert settings.auth.api_tokens[0].get_secret_value() == "t0ken-from-file"
+
+
+def test_a_secret_pasted_in_place_of_a_path_or_variable_name_is_not_echoed(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path,
+        f"""\
+        auth:
+          api_tokens: ["${{file:/run/secrets/{SECRET}}}", "${{TOKEN}}"]
+        """,
+    )
+
+    problems = refusal(config, {"TOKEN_FILE": f"/run/{SECRET}"})
+
+    assert problems == [
+        f"{config}:2: auth.api_tokens[0]: "
+        "cannot read secret file <hidden path>: No such file or directory",
+        f"{config}:2: auth.api_tokens[1]: "
+        "cannot read TOKEN_FILE=<hidden path>: No such file or directory",
+    ]
