@@ -13,10 +13,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import stripe
 
+from aggregator import demo
 from aggregator.samples import stripe_api
 from tests.support.redis_server import free_port
 
@@ -49,8 +51,14 @@ def client(url: str, key: str) -> stripe.StripeClient:
     return stripe.StripeClient(key, base_addresses={"api": url}, max_network_retries=0)
 
 
-def test_defaults_are_stripe_mocks_port_and_documented_key() -> None:
+def test_defaults_are_stripe_mocks_port_and_key_and_the_readme_names_them() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+
     assert (stripe_api.STANDALONE_PORT, stripe_api.STANDALONE_KEY) == (12111, "sk_test_123")
+    assert "`python -m aggregator.samples.stripe_api`" in readme
+    assert "http://127.0.0.1:12111" in readme
+    for key in (stripe_api.STANDALONE_KEY, demo.STRIPE_KEY):
+        assert f"`{key}`" in readme, key
 
 
 def test_serves_the_sample_customers_to_the_stripe_library_and_stops_on_sigterm() -> None:
