@@ -5,7 +5,9 @@ temporary directory (a tmpfs mounted there when possible: about 1 GB for the com
 test), so it shares nothing with a Docker that may already run here, and everything it
 made goes when that directory does. It makes no ``docker0`` bridge
 (``--bridge=none``) and changes no firewall rule (``--iptables=false``): no NAT, so
-containers reach nothing beyond this machine. Its HTTP(S) proxy is a closed port on
+nothing beyond this machine can answer a container (Docker enforces ``internal: true``
+networks with firewall rules, so here they only lack NAT like the others; the stack's
+containers only ever address each other by service name). Its HTTP(S) proxy is a closed port on
 127.0.0.1, so any attempt to reach a registry fails at once. After it stops, anything left
 behind is removed and the removal is checked: its processes, mounts, network interfaces,
 and the iptables rules (unchanged). One such engine runs at a time on a machine (a lock
