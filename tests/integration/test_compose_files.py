@@ -563,7 +563,7 @@ async def test_offline_stripe_standin_serves_the_proxys_key_and_passes_its_healt
     assert options["--port"] == compose_model["services"]["stripe"]["expose"][0]
     assert f":{options['--port']}" in proxy_env["STRIPE_API_BASE"]
     assert options["--key"] == proxy_env["STRIPE_API_KEY"]
-    port = str(_free_port())
+    port = str(free_port())
     local = {**options, "--host": "127.0.0.1", "--port": port}
     argv = [sys.executable, *command[1:3], *(x for pair in local.items() for x in pair)]
     process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
