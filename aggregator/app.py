@@ -2,78 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from aggregator import handlers, logs, preview, webhooks
-from aggregator.cache import ProfileStore
 from aggregator.config import Settings
-from aggregator.keys import (
-    CACHE_STATE,
-    HTTP_SESSION,
-    METRICS,
-    OUTCOMES,
-    RELOADER,
-    SERVICE,
-    TOKENS,
-)
+from aggregator.keys import CACHE_STATE, LIVE, METRICS, OUTCOMES, SERVICE
 from aggregator.logs import install_redactor
 from aggregator.metrics import Metrics
 from aggregator.privacy import mask_email
-from aggregator.registry import get_connector_type
 from aggregator.reload import reload_context
 from aggregator.resilience import RateLimiter
-from aggregator.service import ProfileService
-from connectors.base import Connector
+from aggregator.runtime import LiveRuntime, build
+from aggregator.service import Clock, ProfileService
 
 log = logging.getLogger("aggregator.http")
 request_log = logging.getLogger("aggregator.request")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Layer = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
-
-
-def build_connectors(settings: Settings) -> list[Connector[Any]]:
-    """Instantiate every enabled connector, in config order."""
-    return [
-        get_connector_type(conf.type)(name, conf) for name, conf in settings.enabled_connectors()
-    ]
-
-
-def store_namespace(settings: Settings) -> str:
-    """The cache namespace plus a fingerprint of what shapes a profile.
-
-    Changing connectors, their order or prefixes, or the merge settings starts a fresh
-    set of keys, so no profile built under the old layout is served under the new one.
-    """
-    shape = [[name, conf.type, conf.prefix] for name, conf in settings.enabled_connectors()] + [
-        settings.merge.max_list_items,
-        settings.merge.meta_prefix,
-        settings.merge.max_keys,
-        settings.merge.max_value_chars,
-    ]
-    digest = hashlib.sha256(orjson.dumps(shape)).hexdigest()[:8]
-    return f"{settings.cache.namespace}:{digest}"
-
-
-def build_store(settings: Settings) -> ProfileStore:
-    """The profile store the cache settings describe."""
-    cache = settings.cache
-    return ProfileStore(
-        cache.url,
-        namespace=store_namespace(settings),
-        max_entries=cache.max_entries,
-        near_ttl=cache.near_ttl,
-        timeout=cache.timeout,
-    )
 
 
 async def error_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -161,8 +113,11 @@ def _bind(layer: Layer, inner: Handler) -> Handler:
     return call
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The proxy as an aiohttp application; resources open when it starts."""
+def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Application:
+    """The proxy as an aiohttp application; resources open when it starts.
+
+    ``clock`` (epoch seconds) dates cached profiles; tests pass a fake one.
+    """
     install_redactor()
     layers: list[Layer] = [error_layer]
     if settings.server.allow_ips or settings.server.client_rate_limit is not None:
@@ -176,16 +131,9 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     metrics = Metrics()
-    store = build_store(settings)
-    connectors = build_connectors(settings)
-    app[TOKENS] = [t.get_secret_value().encode() for t in settings.auth.api_tokens]
-    app[RELOADER] = []
     app[METRICS] = metrics
-    app[SERVICE] = ProfileService(settings, connectors, store, metrics)
-    app.cleanup_ctx.append(_http_session)
-    app.cleanup_ctx.append(_cache)
-    app.cleanup_ctx.append(_connectors)
-    app.cleanup_ctx.append(_service)
+    app[SERVICE] = ProfileService(build(settings), metrics, clock=clock)
+    app.cleanup_ctx.append(_serving)
     app.cleanup_ctx.append(reload_context)
 
     path = settings.server.path
@@ -223,34 +171,16 @@ def _unrouted(allowed: dict[str, set[str]]) -> Handler:
     return unrouted
 
 
-async def _http_session(app: web.Application) -> AsyncIterator[None]:
+async def _serving(app: web.Application) -> AsyncIterator[None]:
+    """Open the runtime (store, then connectors) for as long as the app runs."""
+    service = app[SERVICE]
     connector = aiohttp.TCPConnector(limit=200, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-        app[HTTP_SESSION] = session
-        yield
-
-
-async def _cache(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[SERVICE].store.close()
-
-
-async def _connectors(app: web.Application) -> AsyncIterator[None]:
-    session = app[HTTP_SESSION]
-    opened: list[Connector[Any]] = []
-    try:
-        for connector in app[SERVICE].connectors:
-            await connector.open(session)
-            opened.append(connector)
-        yield
-    finally:
-        for connector in reversed(opened):
-            try:
-                await connector.close()
-            except Exception as exc:  # closing must go on for the others
-                log.warning("closing connector %s: %s", connector.name, type(exc).__name__)
-
-
-async def _service(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[SERVICE].close()
+        live = LiveRuntime(session, service.use)
+        await live.start(service.runtime)
+        app[LIVE] = live
+        try:
+            yield
+        finally:
+            await service.close()
+            await live.close()

@@ -15,8 +15,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from aggregator.app import build_connectors, build_store
-from aggregator.cache import ProfileStore
 from aggregator.collisions import collision_report
 from aggregator.config import Settings, load_settings
 from aggregator.emails import InvalidEmail, normalize_email, parse_email
@@ -24,6 +22,7 @@ from aggregator.errors import ConfigError, ConnectorError
 from aggregator.groove import render_sidebar
 from aggregator.logs import setup_logging
 from aggregator.merge import Source
+from aggregator.runtime import OpenError, build
 from aggregator.service import ProfileService
 from connectors.base import Connector
 
@@ -194,36 +193,35 @@ async def check(settings: Settings) -> int:
     """Validate and probe: one line per part, non-zero exit on any problem."""
     problems = 0
     print(f"config ok: {settings.source}")
-    store = build_store(settings)
-    ok, detail = await store.ready()
-    print(f"{'ok  ' if ok else 'FAIL'} cache: {detail}")
-    problems += not ok
-    await store.close()
-    connectors = build_connectors(settings)
-    if not connectors:
-        print("note: no connector is enabled")
-    async with aiohttp.ClientSession() as session:
-        for connector in connectors:
+    runtime = build(settings)
+    failed: dict[str, Exception] = {}
+    async with aiohttp.ClientSession() as session, runtime.opened(session, failed=failed):
+        ok, detail = await runtime.store.ready()
+        print(f"{'ok  ' if ok else 'FAIL'} cache: {detail}")
+        problems += not ok
+        if not runtime.connectors:
+            print("note: no connector is enabled")
+        for connector in runtime.connectors:
+            label = f"{connector.name} ({connector.settings.type})"
             started = time.perf_counter()
             try:
-                await connector.open(session)
+                if connector.name in failed:
+                    raise failed[connector.name]
                 async with asyncio.timeout(max(connector.settings.timeout, 5.0)):
                     await connector.check()
             except ConnectorError as exc:
                 problems += 1
-                print(f"FAIL {connector.name} ({connector.settings.type}): {exc}")
+                print(f"FAIL {label}: {exc}")
             except TimeoutError:
                 problems += 1
-                print(f"FAIL {connector.name} ({connector.settings.type}): timed out")
+                print(f"FAIL {label}: timed out")
             except Exception as exc:
                 problems += 1
-                print(f"FAIL {connector.name} ({connector.settings.type}): {type(exc).__name__}")
+                print(f"FAIL {label}: {type(exc).__name__}")
             else:
                 elapsed = (time.perf_counter() - started) * 1000
-                print(f"ok   {connector.name} ({connector.settings.type}) {elapsed:.0f} ms")
-            finally:
-                await connector.close()
-    for line in _collisions(settings, connectors):
+                print(f"ok   {label} {elapsed:.0f} ms")
+    for line in _collisions(settings, runtime.connectors):
         print(line)
     print("all checks passed" if not problems else f"{problems} problem(s) found")
     return 1 if problems else 0
@@ -243,16 +241,13 @@ async def preview(settings: Settings, raw_email: str, template_text: str | None)
     except InvalidEmail as exc:
         print(f"aggregator: {exc}", file=sys.stderr)
         return 2
-    store = ProfileStore("memory://", namespace="preview", max_entries=1, near_ttl=0, timeout=1)
-    connectors = build_connectors(settings)
-    async with aiohttp.ClientSession() as session:
-        for connector in connectors:
-            await connector.open(session)
-        try:
-            answer = await ProfileService(settings, connectors, store).preview(email)
-        finally:
-            for connector in connectors:
-                await connector.close()
+    runtime = build(settings, cache=False)
+    try:
+        async with aiohttp.ClientSession() as session, runtime.opened(session):
+            answer = await ProfileService(runtime).preview(email)
+    except OpenError as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return 1
     print(orjson.dumps(answer.profile, option=orjson.OPT_INDENT_2).decode())
     print("\nconnectors:", file=sys.stderr)
     for outcome in answer.outcomes:
@@ -282,15 +277,14 @@ async def purge(settings: Settings, raw_email: str) -> int:
     except InvalidEmail as exc:
         print(f"aggregator: {exc}", file=sys.stderr)
         return 2
-    store = build_store(settings)
-    try:
-        if store.remote is None:
-            print("cache is in-process (memory://): nothing outlives the server process")
-            return 0
-        if not await store.delete(email):
-            print("aggregator: the cache could not be reached", file=sys.stderr)
-            return 1
-    finally:
-        await store.close()
+    runtime = build(settings, connectors=False)
+    if not runtime.store.shared:
+        print("cache is in-process (memory://): nothing outlives the server process")
+        return 0
+    async with aiohttp.ClientSession() as session, runtime.opened(session):
+        purged = await runtime.store.purge(email, time.time())
+    if not purged:
+        print("aggregator: the cache could not be reached", file=sys.stderr)
+        return 1
     print("purged")
     return 0

@@ -171,10 +171,17 @@ class CacheSettings(BaseModel):
     max_entries: int = Field(
         default=10000, ge=1, description="Profiles the in-process cache holds."
     )
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes the in-process cache holds at most (answers plus the source "
+        "fields kept for stale fallback); the least recently used go first.",
+    )
     near_ttl: float = Field(
         default=1.0,
         ge=0,
-        description="Seconds an in-process copy in front of Redis stays; 0 = none.",
+        description="Seconds an in-process copy in front of Redis answers on its own "
+        "before Redis is asked again; 0 = every answer reads Redis.",
     )
     namespace: str = Field(
         default="aggregator", description="Prefix of every cache key ([a-z0-9_-]+)."

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Sequence
 
 import orjson
 from aiohttp import web
 
 from aggregator.emails import InvalidEmail, normalize_email, remember_as_sent
-from aggregator.keys import CACHE_STATE, METRICS, OUTCOMES, SERVICE, TOKENS
+from aggregator.keys import CACHE_STATE, METRICS, OUTCOMES, SERVICE
 
 JSON = "application/json"
 
@@ -19,7 +20,7 @@ def json_error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps({"error": message}), content_type=JSON)
 
 
-def token_matches(candidate: str | None, tokens: list[bytes]) -> bool:
+def token_matches(candidate: str | None, tokens: Sequence[bytes]) -> bool:
     """Compare against every configured token in constant time (no early exit)."""
     given = (candidate or "").encode("utf-8", "surrogateescape")
     matched = False
@@ -28,10 +29,10 @@ def token_matches(candidate: str | None, tokens: list[bytes]) -> bool:
     return matched and candidate is not None
 
 
-def authenticated_email(request: web.Request) -> str | web.Response:
-    """The normalized email of an authenticated request, or the 401/400 answer to send."""
+def authenticated_email(request: web.Request, tokens: Sequence[bytes]) -> str | web.Response:
+    """The normalized email of a request bearing one of ``tokens``, or the 401/400 to send."""
     query = request.rel_url.query
-    if not token_matches(query.get("api_token"), request.app[TOKENS]):
+    if not token_matches(query.get("api_token"), tokens):
         return json_error(401, "missing or invalid api_token")
     try:
         return normalize_email(query.get("email"))
@@ -42,12 +43,12 @@ def authenticated_email(request: web.Request) -> str | web.Response:
 async def profile(request: web.Request) -> web.Response:
     """GET /profile?email=&api_token=: the flat JSON profile."""
     started = time.perf_counter()
-    email = authenticated_email(request)
     app = request.app
+    service = app[SERVICE]
+    email = authenticated_email(request, service.runtime.tokens)
     if isinstance(email, web.Response):
         app[METRICS].requests.labels("profile", str(email.status)).inc()
         return email
-    service = app[SERVICE]
     body = service.cached_body(email)
     if body is not None:
         app[METRICS].cached_hit(time.perf_counter() - started)
@@ -68,21 +69,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when cache and config are usable, else 503; a per-part JSON body."""
-    app = request.app
-    settings = app[SERVICE].settings
-    cache_ok, cache_detail = await app[SERVICE].store.ready()
+    """200 while the proxy can answer, a per-part JSON body; a cache that is down is reported
+    as degraded (answers go on, uncached), not as unready."""
+    runtime = request.app[SERVICE].runtime
+    cache_ok, cache_detail = await runtime.store.ready()
     connectors = {
-        connector.name: {"circuit": connector.circuit.state}
-        for connector in app[SERVICE].connectors
+        connector.name: {"circuit": connector.circuit.state} for connector in runtime.connectors
     }
     parts = {
-        "config": {"ok": True, "source": str(settings.source or "<memory>")},
-        "cache": {"ok": cache_ok, "detail": cache_detail},
+        "status": "ok" if cache_ok else "degraded",
+        "config": {"ok": True, "source": str(runtime.settings.source or "<memory>")},
+        "cache": {"ok": cache_ok, "degraded": not cache_ok, "detail": cache_detail},
         "connectors": connectors,
     }
-    status = 200 if cache_ok else 503
-    return web.Response(status=status, body=orjson.dumps(parts), content_type=JSON)
+    return web.Response(body=orjson.dumps(parts), content_type=JSON)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -95,10 +95,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def purge(request: web.Request) -> web.Response:
     """POST /profile/purge?email=&api_token=: drop one email's cached profile."""
-    email = authenticated_email(request)
+    service = request.app[SERVICE]
+    email = authenticated_email(request, service.runtime.tokens)
     if isinstance(email, web.Response):
         return email
-    purged = await request.app[SERVICE].purge(email)
+    purged = await service.purge(email)
     if not purged:
         return json_error(503, "the cache could not be reached; nothing was purged")
     return web.Response(body=orjson.dumps({"purged": True}), content_type=JSON)

@@ -1,8 +1,10 @@
 """Prometheus metrics, one registry per app so several apps can live in one process.
 
-The counters on the request path are plain Python numbers exported when scraped (an
-event loop has one thread, so they need no lock); connector metrics, off the hot
-path, use prometheus-client's own classes.
+Counters (requests, cache lookups, connector outcomes) and the request-latency histogram
+are plain Python numbers exported when scraped: an event loop has one thread, so they
+need no lock, and a cached hit only adds to three pre-bound series. The connector-latency
+histogram and the circuit-state gauge, updated once per upstream call, use
+prometheus-client's own classes.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from aggregator.cache import CacheEntry
 from aggregator.emails import InvalidEmail, parse_email
 from aggregator.groove import render_sidebar
 from aggregator.handlers import JSON, json_error, token_matches
-from aggregator.keys import SERVICE, TOKENS
+from aggregator.keys import SERVICE
 from aggregator.service import ProfileAnswer
 
 MAX_TEMPLATE_CHARS = 65_536
@@ -70,7 +70,7 @@ async def page(request: web.Request) -> web.Response:
     """
     query = request.rel_url.query
     token = query.get("api_token")
-    if not token_matches(token, request.app[TOKENS]):
+    if not token_matches(token, request.app[SERVICE].runtime.tokens):
         return json_error(401, "missing or invalid api_token")
     assert token is not None
     nonce = secrets.token_urlsafe(16)
@@ -145,7 +145,7 @@ async def api(request: web.Request) -> web.Response:
     except BadForm as exc:
         return json_error(400, str(exc))
     token = form.get("api_token", request.rel_url.query.get("api_token"))
-    if not token_matches(token, request.app[TOKENS]):
+    if not token_matches(token, request.app[SERVICE].runtime.tokens):
         return json_error(401, "missing or invalid api_token")
     try:
         email = parse_email(form.get("email"))

@@ -9,15 +9,12 @@ plugin only matters to a config that names its type.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from aggregator.errors import ConfigError
 from connectors.base import Connector, ConnectorSettings
-
-log = logging.getLogger("aggregator.registry")
 
 GROUP = "aggregator.connectors"
 
@@ -52,24 +49,6 @@ def _load(name: str) -> type[Connector[Any]] | str:
 def registered_names() -> list[str]:
     """Every name in the entry-point group, loadable or not, sorted."""
     return sorted(_entry_points())
-
-
-def load_connector_types() -> dict[str, type[Connector[Any]]]:
-    """Every connector type that loads; a broken one is logged and left out."""
-    types: dict[str, type[Connector[Any]]] = {}
-    for name in registered_names():
-        loaded = _load(name)
-        if isinstance(loaded, str):
-            log.warning("connector type %s cannot be loaded: %s", name, loaded)
-        else:
-            types[name] = loaded
-    return types
-
-
-def clear_cache() -> None:
-    """Forget what was found and loaded (for tests that install types on the fly)."""
-    _entry_points.cache_clear()
-    _load.cache_clear()
 
 
 def get_connector_type(

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Literal
 
 CircuitState = Literal["closed", "open", "half_open"]
+Clock = Callable[[], float]
 
 
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive failures; lets one probe through after ``reset``."""
 
-    def __init__(self, threshold: int, reset: float) -> None:
+    def __init__(self, threshold: int, reset: float, *, clock: Clock = time.monotonic) -> None:
         self.threshold = threshold
         self.reset = reset
+        self.clock = clock
         self.failures = 0
         self.opened_at: float | None = None
         self._probing = False
@@ -24,7 +27,7 @@ class CircuitBreaker:
         """The breaker's state as an operator would name it."""
         if self.opened_at is None:
             return "closed"
-        if time.monotonic() - self.opened_at >= self.reset:
+        if self.clock() - self.opened_at >= self.reset:
             return "half_open"
         return "open"
 
@@ -49,21 +52,24 @@ class CircuitBreaker:
         self.failures += 1
         self._probing = False
         if self.threshold > 0 and self.failures >= self.threshold:
-            self.opened_at = time.monotonic()
+            self.opened_at = self.clock()
 
 
 class RateLimiter:
     """A token bucket: at most ``rate`` calls a second, bursts up to ``burst``."""
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, *, clock: Clock = time.monotonic
+    ) -> None:
         self.rate = rate
         self.capacity = burst if burst is not None else max(1.0, rate)
+        self.clock = clock
         self.tokens = self.capacity
-        self.updated = time.monotonic()
+        self.updated = clock()
         self._lock = asyncio.Lock()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from aggregator.samples.stripe_api import FakeStripe
+from tests.support.fakes import FakeClock
 from tests.support.pg import PgSchema, RestartablePostgres, create_schema
 from tests.support.proxy import running_proxy, settings_from
 from tests.support.upstreams import FakeCrm
@@ -61,17 +62,19 @@ async def test_database_restart_mid_run(
     schema = await create_schema(restartable_postgres.dsn)
     settings = settings_from(
         connectors(fake_stripe, schema.dsn, crm, timeout=0.5, circuit_failures=0),
-        cache={"ttl": 0.05, "stale_ttl": 0},
+        cache={"ttl": 60, "stale_ttl": 0},
     )
-    async with running_proxy(settings) as proxy:
+    clock = FakeClock()
+    async with running_proxy(settings, clock=clock) as proxy:
         _, before = await proxy.profile("ada@example.com")
         await restartable_postgres.stop()
-        await asyncio.sleep(0.1)
+        clock.advance(61)
         status, during = await proxy.profile("ada@example.com")
         await restartable_postgres.start()
         after: dict[str, Any] = {}
         for _ in range(50):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # until PostgreSQL accepts connections again
+            clock.advance(61)
             _, after = await proxy.profile("ada@example.com")
             if "db_plan" in after:
                 break

@@ -11,6 +11,7 @@ from pathlib import Path
 import redis.asyncio as redis
 
 from aggregator.cache import hash_email
+from aggregator.config import load_settings
 from aggregator.samples.stripe_api import FakeStripe
 from tests.support.pg import PgSchema
 from tests.support.proxy import TOKEN, running_proxy
@@ -127,7 +128,7 @@ async def test_preview_prints_profile_connectors_and_rendered_template(
     assert "crm" in err and "ok" in err
 
 
-async def test_purge_drops_the_redis_entry(
+async def test_purge_drops_the_cached_profile(
     tmp_path: Path, crm: FakeCrm, redis_url: str, cache_namespace: str
 ) -> None:
     config = write(
@@ -139,17 +140,24 @@ async def test_purge_drops_the_redis_entry(
           crm: {{type: rest, url: "{crm.template}", select: "data[0]"}}
         """,
     )
-    from aggregator.config import load_settings
-
-    async with running_proxy(load_settings(config)) as proxy:
+    settings = load_settings(config)
+    async with running_proxy(settings) as proxy:
         await proxy.profile("ada@example.com")
     client = redis.Redis.from_url(redis_url)
     try:
         pattern = f"{cache_namespace}:*:profile:{hash_email('ada@example.com')}"
-        assert len(await client.keys(pattern)) == 1
+        (key,) = await client.keys(pattern)
+        stored = await client.get(key)
+        assert isinstance(stored, bytes)
+        assert b"Pro" in stored
         code, out, _ = await aggregator("purge", "ADA@example.com", "--config", str(config))
         assert code == 0
         assert "purged" in out
-        assert await client.keys(pattern) == []
+        assert b"Pro" not in (await client.get(key) or b"")
     finally:
         await client.aclose()
+    async with running_proxy(settings) as proxy:
+        _, body = await proxy.profile("ada@example.com")
+    assert body["profile_cached"] is False
+    assert body["crm_plan_name"] == "Pro"
+    assert crm.calls["ada@example.com"] == 2

@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -39,6 +38,7 @@ from aggregator.samples.crm import start_sample_crm
 from connectors.postgres import PostgresConnector, PostgresSettings
 from connectors.rest import RestConnector, RestSettings
 from tests.support.fake_stripe import start_fake_stripe
+from tests.support.net import free_port
 from tests.support.pg import with_server_settings
 from tests.support.proxy import running_proxy
 
@@ -375,13 +375,6 @@ def test_crm_lookup_finds_a_contact_whatever_the_case() -> None:
     assert sample_crm.lookup("nobody@example.com") == {"data": []}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _run(*argv: str) -> int:
     process = await asyncio.create_subprocess_exec(*argv)
     return await process.wait()
@@ -391,7 +384,7 @@ async def test_crm_command_serves_passes_its_healthcheck_and_stops_on_sigterm(
     compose_model: dict[str, Any], session: aiohttp.ClientSession
 ) -> None:
     crm = compose_model["services"]["crm"]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **crm["environment"], "CRM_HOST": "127.0.0.1", "CRM_PORT": str(port)}
     # The service's command, with this interpreter for the image's `python`.
     argv = [sys.executable, *crm["command"][1:]]
@@ -570,7 +563,7 @@ async def test_offline_stripe_standin_serves_the_proxys_key_and_passes_its_healt
     assert options["--port"] == compose_model["services"]["stripe"]["expose"][0]
     assert f":{options['--port']}" in proxy_env["STRIPE_API_BASE"]
     assert options["--key"] == proxy_env["STRIPE_API_KEY"]
-    port = str(_free_port())
+    port = str(free_port())
     local = {**options, "--host": "127.0.0.1", "--port": port}
     argv = [sys.executable, *command[1:3], *(x for pair in local.items() for x in pair)]
     process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)

@@ -39,7 +39,7 @@ from tests.support.docker_engine import (
     mode,
     unavailable,
 )
-from tests.support.redis_server import free_port
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.docker
 

@@ -22,6 +22,7 @@ from aggregator.demo import Demo, start_demo
 from aggregator.samples import SAMPLE_EMAILS
 from aggregator.samples.database import open_sample_database
 from aggregator.samples.stripe_api import start_fake_stripe
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 META = {"profile_complete", "profile_fetched_at", "profile_cached", "profile_stale"}
@@ -233,18 +234,11 @@ async def test_without_the_right_to_create_databases_a_schema_is_used(postgres_d
         await admin.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 async def test_command_prints_a_working_curl_line_and_stops_on_a_signal(
     postgres_dsn: str, stop_signal: signal.Signals
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = await asyncio.create_subprocess_exec(
         sys.executable,

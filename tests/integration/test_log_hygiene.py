@@ -28,8 +28,8 @@ import yaml
 from aggregator.config import parse_settings
 from aggregator.logs import JsonFormatter, TextFormatter
 from tests.support.fake_stripe import FakeStripe
+from tests.support.net import free_port
 from tests.support.proxy import running_proxy
-from tests.support.redis_server import free_port
 from tests.support.serve import ServeProcess
 from tests.support.upstreams import FakeCrm, start_crm
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 from aggregator.errors import FatalError
 from connectors.oauth2 import OAuth2Settings, TokenSource
@@ -110,13 +111,15 @@ def oauth(server: TokenServer, **extra: Any) -> dict[str, Any]:
 async def connector(
     server: TokenServer, session: aiohttp.ClientSession, clock: Clock, **extra: Any
 ) -> RestConnector:
-    settings = RestSettings(
-        type="rest",
-        url=f"{server.url}/api/contacts?email={{email}}",
-        select="data[0]",
-        auth={"oauth2": oauth(server, **extra)},
-        timeout=5.0,
-        retries=0,
+    settings = RestSettings.model_validate(
+        {
+            "type": "rest",
+            "url": f"{server.url}/api/contacts?email={{email}}",
+            "select": "data[0]",
+            "auth": {"oauth2": oauth(server, **extra)},
+            "timeout": 5.0,
+            "retries": 0,
+        }
     )
     conn = RestConnector("crm", settings)
     assert conn.auth.tokens is not None
@@ -223,12 +226,14 @@ async def test_instance_url_from_the_token_answer_is_the_api_host(
     try:
         server.instance_url = api.url
         api.issued = server.issued  # the API accepts what the token server issued
-        settings = RestSettings(
-            type="rest",
-            url="{instance_url}/api/contacts?email={email}",
-            select="data[0]",
-            auth={"oauth2": oauth(server)},
-            link="{instance_url}/lightning/r/Contact/{plan}/view",
+        settings = RestSettings.model_validate(
+            {
+                "type": "rest",
+                "url": "{instance_url}/api/contacts?email={email}",
+                "select": "data[0]",
+                "auth": {"oauth2": oauth(server)},
+                "link": "{instance_url}/lightning/r/Contact/{plan}/view",
+            }
         )
         conn = RestConnector("sf", settings)
         await conn.open(session)
@@ -283,12 +288,15 @@ async def test_tokens_and_secrets_never_reach_the_log(
     written = caplog.text + repr([r.__dict__ for r in caplog.records]) + failed.detail
     for secret in secrets:
         assert secret not in written
+    assert conn.auth.tokens is not None
     assert "at-" not in repr(conn.auth.tokens._token)
 
 
 def test_an_http_instance_url_is_refused_for_an_https_token_url() -> None:
     source = TokenSource(
-        OAuth2Settings(token_url="https://login.example.com/t", client_id="i", client_secret="s")
+        OAuth2Settings(
+            token_url="https://login.example.com/t", client_id="i", client_secret=SecretStr("s")
+        )
     )
     with pytest.raises(Exception, match="not https"):
         source._token_from({"access_token": "x", "instance_url": "http://evil.example"})

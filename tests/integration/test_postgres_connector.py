@@ -458,6 +458,7 @@ async def test_formats_show_money_and_dates_like_stripe(
     outcome = await connector.fetch("ada@example.com")
 
     assert outcome.status == "ok"
+    assert outcome.fields is not None
     fields = flatten(outcome.fields)
     assert fields["account_mrr"] == "€1499.50"
     assert fields["account_signed_up_at"] == "2021-03-04"

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from aggregator.errors import FatalError
 from tests.support.vendors.base import flat_keys, open_preset
@@ -236,8 +237,8 @@ def test_settings_need_an_instance_or_api_base() -> None:
     from connectors.presets.salesforce import SalesforceSettings
 
     with pytest.raises(ValidationError, match="instance"):
-        SalesforceSettings(type="salesforce", client_id="a", client_secret="b")
+        SalesforceSettings(type="salesforce", client_id="a", client_secret=SecretStr("b"))
     with pytest.raises(ValidationError, match="My Domain"):
         SalesforceSettings(
-            type="salesforce", instance="evil.com/x#", client_id="a", client_secret="b"
+            type="salesforce", instance="evil.com/x#", client_id="a", client_secret=SecretStr("b")
         )

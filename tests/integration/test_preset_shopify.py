@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from tests.support.vendors.base import flat_keys, open_preset
 from tests.support.vendors.shopify import TOKEN, FakeShopify, throttled
@@ -187,6 +188,7 @@ def test_the_shop_must_be_a_host_label() -> None:
 
     from connectors.presets.shopify import ShopifySettings
 
-    assert ShopifySettings(type="shopify", shop="Acme.myshopify.com", token="t").shop == "acme"
+    token = SecretStr("t")
+    assert ShopifySettings(type="shopify", shop="Acme.myshopify.com", token=token).shop == "acme"
     with pytest.raises(ValidationError, match="host name label"):
-        ShopifySettings(type="shopify", shop="evil.example/x?", token="t")
+        ShopifySettings(type="shopify", shop="evil.example/x?", token=token)

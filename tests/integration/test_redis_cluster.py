@@ -16,11 +16,11 @@ import orjson
 import pytest
 from redis.asyncio import RedisCluster
 
-from aggregator.app import build_store
 from aggregator.config import Settings
+from aggregator.runtime import build_store
+from tests.support.net import free_port
 from tests.support.proxy import TOKEN, Proxy, running_proxy, settings_from
 from tests.support.redis_cluster import RedisClusterProcesses
-from tests.support.redis_server import free_port
 from tests.support.upstreams import FakeCrm
 
 pytestmark = pytest.mark.asyncio
@@ -65,8 +65,8 @@ async def test_profile_cached_by_one_replica_is_served_by_another(
     assert cached["profile_fetched_at"] == fetched["profile_fetched_at"]
     assert crm.calls["ada@example.com"] == 1
     store = build_store(settings)
-    assert await cluster_client.exists(store.profile_key("ada@example.com")) == 1
-    assert await cluster_client.exists(store.lock_key("ada@example.com")) == 0, "lock left behind"
+    assert await cluster_client.exists(store.keys.profile("ada@example.com")) == 1
+    assert await cluster_client.exists(store.keys.lock("ada@example.com")) == 0, "lock left behind"
 
 
 async def test_single_flight_across_replicas_through_the_cluster(
@@ -107,6 +107,29 @@ async def test_purge_drops_the_profile_for_every_replica(
     assert crm.calls["ada@example.com"] == 2
 
 
+async def test_a_purge_announcement_reaches_the_other_replica_through_the_cluster(
+    crm: FakeCrm, redis_cluster_url: str
+) -> None:
+    # near_ttl is long: only the announcement can make the other replica drop its copy.
+    settings = cluster_settings(crm, redis_cluster_url, near_ttl=300)
+    async with AsyncExitStack() as stack:
+        first, second = await replicas(settings, 2, stack)
+        await first.profile("ada@example.com")
+        await second.profile("ada@example.com")
+        crm.contacts["ada@example.com"]["plan"] = {"name": "Enterprise"}
+        params = {"email": "ada@example.com", "api_token": TOKEN}
+        async with first.session.post(f"{first.url}/profile/purge", params=params) as response:
+            assert response.status == 200
+        seen = []
+        for _ in range(100):
+            _, body = await second.profile("ada@example.com")
+            seen.append(body["crm_plan_name"])
+            if seen[-1] == "Enterprise":
+                break
+            await asyncio.sleep(0.02)
+    assert seen[-1] == "Enterprise", seen
+
+
 async def test_readyz_reports_the_cluster_usable(crm: FakeCrm, redis_cluster_url: str) -> None:
     async with running_proxy(cluster_settings(crm, redis_cluster_url)) as proxy:
         status, text = await proxy.get("/readyz")
@@ -137,14 +160,16 @@ async def test_answer_is_stored_under_a_hashed_key(
     settings = cluster_settings(crm, redis_cluster_url)
     async with running_proxy(settings) as proxy:
         await proxy.profile("bob@example.com")
-    raw = await cluster_client.get(build_store(settings).profile_key("bob@example.com"))
+    raw = await cluster_client.get(build_store(settings).keys.profile("bob@example.com"))
     assert isinstance(raw, bytes)
     body = orjson.loads(raw.partition(b"\n")[2])
     assert body["crm_plan_name"] == "Free"
     assert b"bob@example.com" not in raw
 
 
-async def test_unreachable_cluster_answers_uncached_and_not_ready(crm: FakeCrm) -> None:
+async def test_unreachable_cluster_answers_uncached_and_ready_says_degraded(
+    crm: FakeCrm,
+) -> None:
     nobody = f"redis+cluster://127.0.0.1:{free_port()}/0"
     async with running_proxy(cluster_settings(crm, nobody)) as proxy:
         answers = await asyncio.gather(*(proxy.profile("ada@example.com") for _ in range(5)))
@@ -152,4 +177,5 @@ async def test_unreachable_cluster_answers_uncached_and_not_ready(crm: FakeCrm) 
     assert all(status == 200 for status, _ in answers)
     assert all(body["crm_plan_name"] == "Pro" for _, body in answers)
     assert all(body["profile_cached"] is False for _, body in answers)
-    assert ready == 503, text
+    assert ready == 200, text
+    assert orjson.loads(text)["cache"]["degraded"] is True

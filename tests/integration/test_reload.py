@@ -15,7 +15,9 @@ import pytest
 
 from aggregator import reload as reload_module
 from aggregator.config import load_settings
-from aggregator.keys import RELOADER, SERVICE
+from aggregator.keys import SERVICE
+from aggregator.reload import RELOADER
+from tests.support.fakes import FakeClock
 from tests.support.proxy import TOKEN, running_proxy
 from tests.support.serve import ServeProcess
 from tests.support.upstreams import FakeCrm
@@ -30,7 +32,7 @@ def write_config(path: Path, crm: FakeCrm, *, fields: str = "", extra: str = "")
             auth:
               api_tokens: ["{TOKEN}"]
             cache:
-              ttl: 0.05
+              ttl: 60
             connectors:
               crm:
                 type: rest
@@ -52,13 +54,14 @@ async def test_changed_connector_is_rebuilt_and_the_others_kept(
 ) -> None:
     config = tmp_path / "config.yaml"
     write_config(config, crm)
-    async with running_proxy(load_settings(config)) as proxy:
+    clock = FakeClock()
+    async with running_proxy(load_settings(config), clock=clock) as proxy:
         _, before = await proxy.profile("ada@example.com")
         service = proxy.app[SERVICE]
         crm_before, crm2_before = service.connectors
         write_config(config, crm, fields='fields: {tier: "plan.name"}')
-        assert await proxy.app[RELOADER][0].reload()
-        await asyncio.sleep(0.1)
+        assert await proxy.app[RELOADER].reload()
+        clock.advance(61)
         _, after = await proxy.profile("ada@example.com")
         crm_after, crm2_after = service.connectors
     assert before["crm_plan_name"] == "Pro"
@@ -76,7 +79,7 @@ async def test_invalid_new_config_is_refused_and_the_running_one_stays(
     async with running_proxy(load_settings(config)) as proxy:
         write_config(config, crm, fields="timeout: soon")
         with caplog.at_level(logging.ERROR, logger="aggregator.reload"):
-            assert not await proxy.app[RELOADER][0].reload()
+            assert not await proxy.app[RELOADER].reload()
         status, body = await proxy.profile("ada@example.com")
     assert status == 200
     assert body["crm_plan_name"] == "Pro"
@@ -88,7 +91,7 @@ async def test_new_tokens_apply_after_reload(crm: FakeCrm, tmp_path: Path) -> No
     write_config(config, crm)
     async with running_proxy(load_settings(config)) as proxy:
         config.write_text(config.read_text().replace(TOKEN, "rotated-token-0123456789"))
-        assert await proxy.app[RELOADER][0].reload()
+        assert await proxy.app[RELOADER].reload()
         old, _ = await proxy.profile("ada@example.com")
         new, _ = await proxy.profile("ada@example.com", token="rotated-token-0123456789")
     assert (old, new) == (401, 200)
@@ -100,11 +103,13 @@ async def test_sighup_and_file_changes_trigger_a_reload(
     monkeypatch.setattr(reload_module, "POLL_SECONDS", 0.05)
     config = tmp_path / "config.yaml"
     write_config(config, crm)
-    async with running_proxy(load_settings(config)) as proxy:
+    clock = FakeClock()
+    async with running_proxy(load_settings(config), clock=clock) as proxy:
         write_config(config, crm, fields='fields: {tier: "plan.name"}')
         os.utime(config, (time.time() + 5, time.time() + 5))
         for _ in range(100):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the watcher polls the file every 0.05 s
+            clock.advance(61)
             _, body = await proxy.profile("ada@example.com")
             if "crm_tier" in body:
                 break
@@ -114,6 +119,7 @@ async def test_sighup_and_file_changes_trigger_a_reload(
         os.kill(os.getpid(), signal.SIGHUP)
         for _ in range(100):
             await asyncio.sleep(0.05)
+            clock.advance(61)
             _, body = await proxy.profile("ada@example.com")
             if "crm_seat_count" in body:
                 break

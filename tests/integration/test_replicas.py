@@ -1,4 +1,4 @@
-"""Several ``aggregator serve`` processes sharing one Redis fan out once per email, not each."""
+"""Several ``aggregator serve`` processes sharing one Redis: one fan-out per email, final purges."""
 
 from __future__ import annotations
 
@@ -20,15 +20,27 @@ from tests.support.upstreams import FakeCrm, start_crm
 EMAIL = "cold.customer@example.com"
 
 
-def write_config(path: Path, redis_url: str, namespace: str, crms: dict[str, FakeCrm]) -> Path:
+def write_config(
+    path: Path,
+    redis_url: str,
+    namespace: str,
+    crms: dict[str, FakeCrm],
+    **cache: float,
+) -> Path:
     """A config file for a replica: one token, the shared Redis, a rest connector per CRM."""
     document: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "deadline": 3.0},
         "auth": {"api_tokens": [TOKEN]},
-        "cache": {"url": redis_url, "namespace": namespace},
+        "cache": {"url": redis_url, "namespace": namespace, **cache},
         "logging": {"level": "WARNING"},
         "connectors": {
-            name: {"type": "rest", "url": crm.template, "select": "data[0]", "timeout": 2.0}
+            name: {
+                "type": "rest",
+                "url": crm.template,
+                "select": "data[0]",
+                "timeout": 2.0,
+                "retries": 0,
+            }
             for name, crm in crms.items()
         },
     }
@@ -100,7 +112,7 @@ async def test_a_lock_left_by_a_dead_replica_does_not_cost_the_answer_its_fields
             {"crm": connector}, cache_url=redis_url, cache={"namespace": cache_namespace}
         )
         async with running_proxy(settings) as proxy:
-            lock_key = proxy.app[SERVICE].store.lock_key(EMAIL)
+            lock_key = proxy.app[SERVICE].store.keys.lock(EMAIL)
             client = Redis.from_url(redis_url)
             try:
                 await client.set(lock_key, "token-of-a-dead-replica", px=30_000)
@@ -112,3 +124,68 @@ async def test_a_lock_left_by_a_dead_replica_does_not_cost_the_answer_its_fields
     assert status == 200
     assert body.get("crm_plan") == "Crm", body
     assert crm.calls == {EMAIL: 1}
+
+
+async def test_a_purge_is_final_on_every_replica_even_when_the_upstream_then_fails(
+    tmp_path: Path, redis_url: str, cache_namespace: str
+) -> None:
+    # Two replicas hold a near copy of two profiles; one replica purges both and the CRM
+    # starts failing. Once near_ttl has passed, the other replica must not show the purged
+    # fields: not as its near copy while that is still fresh, and not as a stale fallback
+    # once it has expired (only the CRM's error is left to show).
+    fresh_email, expired_email = "fresh.copy@example.com", "expired.copy@example.com"
+    ttl, near_ttl = 2.0, 0.3
+    crm = FakeCrm(contacts={e: {"plan": "Purged"} for e in (fresh_email, expired_email)})
+    runner = await start_crm(crm)
+    try:
+        async with aiohttp.ClientSession() as session:
+            config = write_config(
+                tmp_path / "config.yaml",
+                redis_url,
+                cache_namespace,
+                {"crm": crm},
+                ttl=ttl,
+                near_ttl=near_ttl,
+            )
+            with replicas(config, tmp_path, 2) as (first, second):
+                await first.wait_ready(session)
+                await second.wait_ready(session)
+
+                async def ask(replica: ServeProcess, email: str) -> dict[str, Any]:
+                    params = {"email": email, "api_token": TOKEN}
+                    async with session.get(f"{replica.url}/profile", params=params) as response:
+                        assert response.status == 200
+                        body: dict[str, Any] = await response.json(content_type=None)
+                        return body
+
+                async def purge(replica: ServeProcess, email: str) -> None:
+                    params = {"email": email, "api_token": TOKEN}
+                    url = f"{replica.url}/profile/purge"
+                    async with session.post(url, params=params) as response:
+                        assert response.status == 200, await response.text()
+
+                loop = asyncio.get_running_loop()
+                for email in (fresh_email, expired_email):
+                    assert (await ask(first, email))["crm_plan"] == "Purged"
+                    cached = await ask(second, email)
+                    assert cached["crm_plan"] == "Purged"
+                    assert cached["profile_cached"] is True
+                fetched = loop.time()
+                crm.fail_with = 500
+                for email in (fresh_email, expired_email):
+                    await purge(first, email)
+
+                await asyncio.sleep(near_ttl + 0.2)
+                while_fresh = await ask(second, fresh_email)
+                assert loop.time() - fetched < ttl, "too slow to see the copy while fresh"
+                await asyncio.sleep(max(0.0, fetched + ttl + 0.2 - loop.time()))
+                once_expired = await ask(second, expired_email)
+                outputs = first.output() + second.output()
+    finally:
+        await runner.cleanup()
+
+    for body in (while_fresh, once_expired):
+        assert "crm_plan" not in body, (body, outputs)
+        assert body["crm_error"] == "error", body
+        assert body["profile_stale"] is False, body
+        assert body["profile_cached"] is False, body

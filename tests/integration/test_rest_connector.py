@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from aggregator.errors import FatalError
 from connectors.rest import RestConnector, RestSettings, parse_retry_after
+from tests.support.net import free_port
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -110,13 +110,6 @@ def answer(body: Any = None, status: int = 200, **headers: str) -> Handler:
         return web.json_response(body, status=status, headers=headers)
 
     return handle
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 CONTACT = {"id": 7, "plan": {"name": "Pro", "seats": 5}, "tags": ["vip", "beta"]}
@@ -299,7 +292,7 @@ async def test_oversize_body_is_cut_short(
 
 
 async def test_connection_refused_is_unavailable(connector: Any) -> None:
-    conn = await connector(url=f"http://127.0.0.1:{closed_port()}/c?email={{email}}")
+    conn = await connector(url=f"http://127.0.0.1:{free_port()}/c?email={{email}}")
 
     outcome = await conn.fetch("ann@example.com")
 

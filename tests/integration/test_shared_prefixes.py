@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from tests.support.net import free_port
 from tests.support.pg import PgSchema
 from tests.support.proxy import TOKEN, running_proxy, settings_from
-from tests.support.redis_server import free_port
 from tests.support.upstreams import FakeCrm
 
 ROOT = Path(__file__).resolve().parents[2]

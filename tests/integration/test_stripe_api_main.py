@@ -20,7 +20,7 @@ import stripe
 
 from aggregator import demo
 from aggregator.samples import stripe_api
-from tests.support.redis_server import free_port
+from tests.support.net import free_port
 
 MODULE = (sys.executable, "-m", "aggregator.samples.stripe_api")
 

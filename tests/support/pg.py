@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -29,6 +28,7 @@ import asyncpg
 import pytest
 
 from aggregator.samples.database import answers
+from tests.support.net import free_port
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 EMBEDDED_ENV = "AGGREGATOR_TEST_EMBEDDED"
@@ -166,13 +166,6 @@ def _bin_dir() -> Path:
     return Path(_import_pgserver().POSTGRES_BIN_PATH)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RestartablePostgres:
     """A private PostgreSQL on a free 127.0.0.1 port, run with the machine's binaries."""
 
@@ -181,7 +174,7 @@ class RestartablePostgres:
         self.root = root
         self.data = root / "data"
         self.log = root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.user: str | None = None
         if os.geteuid() == 0:

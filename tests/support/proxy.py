@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -64,9 +65,14 @@ class Proxy:
 
 
 @asynccontextmanager
-async def running_proxy(settings: Settings) -> AsyncIterator[Proxy]:
-    """Start the app on 127.0.0.1:<free port>, yield a Proxy, shut down cleanly."""
-    app = create_app(settings)
+async def running_proxy(
+    settings: Settings, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Proxy]:
+    """Start the app on 127.0.0.1:<free port>, yield a Proxy, shut down cleanly.
+
+    ``clock`` dates cached profiles: a FakeClock lets a test age them without sleeping.
+    """
+    app = create_app(settings, clock=clock)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import random
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 from redis import Redis
 
+from tests.support.net import bindable
 from tests.support.redis_server import RedisProcess
 
 SLOTS = 16384
 BUS_OFFSET = 10000  # a node's cluster bus listens on its port + 10000 (redis < 7 cannot move it)
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_cluster_port(taken: set[int]) -> int:
@@ -31,7 +22,7 @@ def free_cluster_port(taken: set[int]) -> int:
         port = random.randrange(20000, 55000)
         if {port, port + BUS_OFFSET} & taken:
             continue
-        if _bindable(port) and _bindable(port + BUS_OFFSET):
+        if bindable(port) and bindable(port + BUS_OFFSET):
             return port
     raise RuntimeError("no free port pair for a Redis Cluster node")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.redis_server import free_port
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = (sys.executable, "-m", "aggregator", "serve")

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.support.net import serve_app
+
 
 @dataclass
 class FakeCrm:
@@ -43,12 +45,7 @@ async def start_crm(crm: FakeCrm) -> web.AppRunner:
     """Serve ``crm`` on 127.0.0.1 on a free port; set ``crm.url``."""
     app = web.Application()
     app.router.add_get("/contacts", crm.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    crm.url = f"http://127.0.0.1:{port}"
+    runner, crm.url = await serve_app(app)
     return runner
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aggregator.collisions import collision_report
 from aggregator.merge import Source
 
 
 def test_a_shared_empty_prefix_names_the_winner_and_the_renamed_key() -> None:
     sources = [Source("db", ""), Source("crm", ""), Source("shop", "shop")]
-    shapes = {
+    shapes: dict[str, Mapping[str, Any] | None] = {
         "db": {"plan": None, "seats": None},
         "crm": {"plan": None, "name": None, "owner": None},
         "shop": {"orders": {"0": {"name": None}, "count": None}},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator, Mapping
-from importlib.metadata import EntryPoint
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, model_validator
 
-from aggregator import registry
 from aggregator.config import Settings, load_settings, parse_settings
 from aggregator.errors import ConfigError
 from connectors.base import Connector, ConnectorSettings
+from tests.support.registry import entry_points, loadable_types
 
 
 class FakeStripeSettings(ConnectorSettings):
@@ -604,15 +603,9 @@ def test_settings_are_frozen() -> None:
 @pytest.fixture
 def plugin_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Entry points: a working test type and a third-party one whose import fails."""
-    points = {
-        "rest": EntryPoint("rest", f"{__name__}:FakeRest", registry.GROUP),
-        "broken": EntryPoint("broken", "no_such_module_for_tests:Thing", registry.GROUP),
-    }
-    registry.clear_cache()
-    monkeypatch.setattr(registry, "_entry_points", lambda: points)
-    yield
-    monkeypatch.undo()
-    registry.clear_cache()
+    points = {"rest": f"{__name__}:FakeRest", "broken": "no_such_module_for_tests:Thing"}
+    with entry_points(monkeypatch, points):
+        yield
 
 
 @pytest.mark.usefixtures("plugin_registry")
@@ -620,7 +613,7 @@ def test_a_broken_plugin_only_matters_when_used() -> None:
     text = AUTH + "connectors:\n  crm:\n    type: rest\n    url: u\n"
     settings = parse_settings(text, source="config.yaml", env={})
     assert isinstance(settings.connectors["crm"], FakeRestSettings)
-    assert list(registry.load_connector_types()) == ["rest"]
+    assert loadable_types() == ["rest"]
 
     with pytest.raises(ConfigError) as info:
         parse_settings(text + "  x:\n    type: broken\n", source="config.yaml", env={})

@@ -13,7 +13,8 @@ def test_the_normalized_address_is_the_value_and_the_written_one_is_kept() -> No
     assert isinstance(email, str)
     assert email.as_sent == "Grace.Hopper@Example.com"
     assert as_sent(email) == "Grace.Hopper@Example.com"
-    assert {email: 1}["grace.hopper@example.com"] == 1
+    keyed: dict[str, int] = {email: 1}
+    assert keyed["grace.hopper@example.com"] == 1
 
 
 def test_a_forgotten_plus_is_restored_in_both_forms() -> None:

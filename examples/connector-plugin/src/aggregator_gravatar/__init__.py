@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from pydantic import Field
 
-from connectors.base import Connector, ConnectorSettings
+from aggregator.plugin import Connector, ConnectorSettings
 
 FREE_MAIL = ("gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
 
