@@ -278,6 +278,13 @@ class WebhookSettings(BaseModel):
         description="Stripe webhook signing secret (whsec_...); unset or empty turns "
         "POST /webhooks/stripe off.",
     )
+    refetch_after: float | None = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds of quiet after the last Stripe event for a cached customer "
+        "before that profile is fetched again in the background, so Groove's next call is "
+        "a cached hit; null turns it off (the profile is then only dropped).",
+    )
 
 
 class Settings(BaseModel):

@@ -22,7 +22,7 @@ from aggregator.merge import Scalar, Source, flatten, merge_profile, meta_keys, 
 from aggregator.metrics import Metrics
 from aggregator.runtime import Runtime
 from aggregator.store import Loaded, Loader, Lookup, ProfileStore
-from aggregator.tasks import KeyedTasks
+from aggregator.tasks import CallLater, Debouncer, KeyedTasks
 from connectors.base import Connector, FetchOutcome
 
 log = logging.getLogger("aggregator.service")
@@ -52,13 +52,19 @@ class ProfileService:
     """
 
     def __init__(
-        self, runtime: Runtime, metrics: Metrics | None = None, *, clock: Clock = time.time
+        self,
+        runtime: Runtime,
+        metrics: Metrics | None = None,
+        *,
+        clock: Clock = time.time,
+        call_later: CallLater | None = None,
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.loads: KeyedTasks[str, ProfileAnswer] = KeyedTasks("profile load")
         self.refreshes: KeyedTasks[str, None] = KeyedTasks("background refresh")
+        self.refetches: Debouncer[str] = Debouncer(self._refetch, call_later)
 
     @property
     def settings(self) -> Settings:
@@ -115,8 +121,31 @@ class ProfileService:
         """Drop one email's cached profile everywhere; False when Redis could not be reached."""
         return await self.runtime.store.purge(email, self.clock())
 
+    async def invalidate(self, email: str) -> bool:
+        """Drop ``email``'s profile after an upstream change (a Stripe event).
+
+        A profile that was cached (someone looked at it recently) is fetched again in the
+        background once ``webhooks.refetch_after`` seconds pass with no further event for
+        it, so the next Groove call is a cached hit, not a cold fetch. False when Redis
+        could not be reached.
+        """
+        runtime = self.runtime
+        delay = runtime.settings.webhooks.refetch_after
+        cached = delay is not None and await runtime.store.get(email, self.clock()) is not None
+        purged = await self.purge(email)
+        if cached and delay is not None:
+            self.refetches.poke(email, delay)
+        return purged
+
+    def _refetch(self, email: str) -> None:
+        """Load ``email`` now, shared with any Groove request for it meanwhile."""
+        runtime = self.runtime
+        deadline = self._deadline(runtime)
+        self.loads.start(email, lambda: self._answer(runtime, email, deadline))
+
     async def close(self) -> None:
-        """Cancel background refreshes and loads still running."""
+        """Cancel pending refetches, background refreshes and loads still running."""
+        self.refetches.cancel()
         await self.refreshes.cancel()
         await self.loads.cancel()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger("aggregator.service")
 
@@ -52,3 +52,52 @@ class KeyedTasks(Generic[K, T]):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class TimerHandle(Protocol):
+    """What a scheduler returns: something that can be cancelled (asyncio.TimerHandle)."""
+
+    def cancel(self) -> None:
+        """Do not run the callback."""
+
+
+CallLater = Callable[[float, Callable[[], None]], TimerHandle]
+
+
+class Debouncer(Generic[K]):
+    """Calls ``action(key)`` once ``delay`` seconds pass without another ``poke(key)``.
+
+    A burst of pokes for one key (Stripe sends several events for one change) ends in one
+    call, ``delay`` after the last poke. ``call_later`` defaults to the running loop's
+    (tests pass a fake scheduler).
+    """
+
+    def __init__(self, action: Callable[[K], None], call_later: CallLater | None = None) -> None:
+        self._action = action
+        self._call_later = call_later
+        self._timers: dict[K, TimerHandle] = {}
+
+    def poke(self, key: K, delay: float) -> None:
+        """(Re)start the quiet period of ``key``."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        call_later = self._call_later or _loop_call_later
+        self._timers[key] = call_later(max(0.0, delay), lambda: self._fire(key))
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self._action(key)
+
+    def __len__(self) -> int:
+        return len(self._timers)
+
+    def cancel(self) -> None:
+        """Forget every pending call."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+def _loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:
+    return asyncio.get_running_loop().call_later(delay, callback)

@@ -11,7 +11,7 @@ import orjson
 import stripe
 from aiohttp import web
 
-from aggregator.emails import InvalidEmail, normalize_email
+from aggregator.emails import InvalidEmail, parse_email
 from aggregator.errors import ConnectorError
 from aggregator.handlers import JSON, json_error
 from aggregator.keys import SERVICE
@@ -67,7 +67,11 @@ def event_parts(payload: bytes) -> tuple[str, Mapping[str, Any], Mapping[str, An
 
 
 def emails_in_event(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> set[str]:
-    """Emails written in the event's object itself (customer, charge, invoice)."""
+    """Emails written in the event's object itself (customer, charge, invoice).
+
+    Each is normalized and remembers its spelling (``Email.as_sent``): Stripe matches
+    emails case-sensitively, so a refetch looks the customer up as Stripe has it.
+    """
     found: set[str] = set()
     billing = obj.get("billing_details")
     candidates: list[Any] = [
@@ -84,7 +88,7 @@ def emails_in_event(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> set[
     for candidate in candidates:
         if isinstance(candidate, str) and candidate:
             try:
-                found.add(normalize_email(candidate))
+                found.add(parse_email(candidate))
             except InvalidEmail:
                 continue
     return found
@@ -115,7 +119,11 @@ def _directory(request: web.Request) -> CustomerDirectory | None:
 
 
 async def stripe_webhook(request: web.Request) -> web.Response:
-    """Verify the signature, find the customer's email(s), purge their cached profiles."""
+    """Verify the signature, find the customer's email(s), purge their cached profiles.
+
+    Profiles that were cached are fetched again in the background once the customer's
+    events stop (``webhooks.refetch_after``), with each email spelled as Stripe has it.
+    """
     secret = request.app[SERVICE].settings.webhooks.stripe_secret
     if secret is None:
         return json_error(404, "stripe webhooks are not configured (webhooks.stripe_secret)")
@@ -150,11 +158,11 @@ async def stripe_webhook(request: web.Request) -> web.Response:
             email = None
         if email:
             with contextlib.suppress(InvalidEmail):
-                emails.add(normalize_email(email))
+                emails.add(parse_email(email))
     purged = 0
     service = request.app[SERVICE]
     for email in emails:
-        purged += bool(await service.purge(email))
+        purged += bool(await service.invalidate(email))
     log.info("stripe webhook %s purged %d profile(s)", event_type, purged)
     return _answer(event_type, purged)
 

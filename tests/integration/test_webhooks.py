@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from aggregator.keys import SERVICE
 from tests.support.proxy import Proxy, running_proxy, settings_from
 from tests.support.upstreams import FakeCrm
 
@@ -164,3 +166,34 @@ async def test_subscription_event_finds_the_email_through_stripe(
     assert answer["purged"] == 1
     assert fresh["crm_seats"] == 40
     assert fake_stripe.requests[f"/v1/customers/{customer['id']}"] == 1
+
+
+async def test_after_a_stripe_event_the_next_groove_call_is_a_fresh_cached_hit(
+    crm: FakeCrm,
+) -> None:
+    settings = settings_from(
+        {"crm": {"type": "rest", "url": crm.template, "select": "data[0]"}},
+        webhooks={"stripe_secret": SECRET, "refetch_after": 0},
+    )
+    obj = {"object": "customer", "id": "cus_1", "email": "Ada@Example.com"}
+    async with running_proxy(settings) as proxy:
+        await proxy.profile("ada@example.com")
+        crm.contacts["ada@example.com"]["seats"] = 40
+        status, answer = await post_event(proxy, *signed(event("customer.updated", obj)))
+        service = proxy.app[SERVICE]
+        async with asyncio.timeout(5):  # the refetch runs in the background: wait for it
+            while len(service.refetches) or "ada@example.com" in service.loads:
+                await asyncio.sleep(0)
+        _, after = await proxy.profile("ada@example.com")
+        await post_event(
+            proxy,
+            *signed(event("customer.updated", {**obj, "email": "nobody@example.com"})),
+        )
+        await asyncio.sleep(0)
+        idle = len(service.refetches) == 0 and "nobody@example.com" not in service.loads
+    assert (status, answer["purged"]) == (200, 1)
+    assert after["crm_seats"] == 40
+    assert after["profile_cached"] is True
+    assert crm.calls["ada@example.com"] == 2
+    assert idle
+    assert crm.calls["nobody@example.com"] == 0
