@@ -1,22 +1,44 @@
-# syntax=docker/dockerfile:1
-# The proxy's image. Build: docker build -t groove-profile-aggregator .
-# Run:   docker run -p 8080:8080 -e GROOVE_API_TOKEN=... \
-#          -v "$PWD/config.yaml:/etc/aggregator/config.yaml:ro" groove-profile-aggregator
+# The proxy's image.
+#   Build: docker build -t groove-profile-aggregator .
+#   Run:   docker run -p 127.0.0.1:8080:8080 -e GROOVE_API_TOKEN=... \
+#            -v "$PWD/config.yaml:/etc/aggregator/config.yaml:ro" groove-profile-aggregator
+#
+# No `# syntax=` line: the builder's own Dockerfile frontend is used, so nothing but the
+# base image is ever fetched from a registry. Two optional build arguments:
+#   BASE_IMAGE  a Debian-like image with Python >= 3.11 and its venv module, used by every
+#               stage (default python:3.11-slim; the offline compose test uses a Debian
+#               bookworm made with debootstrap, see deploy/compose/offline_images.py).
+#   WHEELHOUSE  where the wheels come from: the `wheels` stage below (default), which
+#               builds them with pip from PyPI, or the name of an image that holds them
+#               ready made in /wheels (the offline build: its containers reach no index).
+# checkov cannot expand build arguments, so it takes FROM ${BASE_IMAGE} for an untagged image:
+#checkov:skip=CKV_DOCKER_7:FROM ${BASE_IMAGE} defaults to python:3.11-slim, a fixed tag
+ARG BASE_IMAGE=python:3.11-slim
+ARG WHEELHOUSE=wheels
 
-# Stage 1: install the project and its dependencies into a virtualenv.
-FROM python:3.11-slim AS build
+# Stage 1 (online builds only): wheels of the project and of every dependency.
+FROM ${BASE_IMAGE} AS wheels
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY aggregator ./aggregator
 COPY connectors ./connectors
-RUN pip install --no-cache-dir .
+RUN python3 -m venv /tmp/pip \
+    && /tmp/pip/bin/pip wheel --wheel-dir /wheels .
 
-# Stage 2: the virtualenv alone on a clean slim base, run as an unprivileged user.
-FROM python:3.11-slim
+FROM ${WHEELHOUSE} AS wheelhouse
+
+# Stage 2: a virtualenv installed from those wheels alone, never from an index.
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+COPY --from=wheelhouse /wheels /wheels
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-index --find-links /wheels groove-profile-aggregator
+
+# Stage 3: the virtualenv alone on a clean base, run as an unprivileged user.
+FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -9,6 +9,12 @@ but empty one is ``""``); ``${VAR:-default}`` is the default when VAR is unset o
 empty (shell semantics; the default may be empty); ``$$`` is one ``$``; any other
 ``$`` is kept as written (so ``$1`` in SQL stays). Mapping keys are not interpolated.
 
+Secrets from files (Docker and Kubernetes secrets): ``${file:/run/secrets/name}`` is the
+content of that file (a relative path is taken from the config file's directory), and an
+unset ``${VAR}`` is read from the file named by ``VAR_FILE`` when that is set (the
+convention of the official Docker images). One trailing newline is dropped; a missing,
+unreadable, huge or non-UTF-8 file is refused with file, line and field, never its content.
+
 A connector whose ``enabled`` is false may use unset variables: errors that stem
 from those values are ignored (an unknown key is still an error). Such a connector
 is validated with ``""`` in place of each unset variable; if that fails only
@@ -21,6 +27,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,6 +358,11 @@ _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 class _Missing:
     loc: Loc
     name: str
+    problem: str = ""  # when set, the message instead of "environment variable ... not set"
+
+
+_FILE_PREFIX = "file:"
+_MAX_SECRET_FILE = 64 * 1024
 
 
 class _TooLarge(Exception):
@@ -466,6 +478,8 @@ class _Reader:
             if match.group(1):
                 return "$"
             body = match.group(2)
+            if body is not None and body.startswith(_FILE_PREFIX):
+                return self._secret_file(body[len(_FILE_PREFIX) :], loc) or ""
             variable = None if body is None else _VARIABLE.fullmatch(body)
             if variable is None:
                 self.problem(
@@ -477,6 +491,16 @@ class _Reader:
                 return ""
             name, default = variable.group(1), variable.group(2)
             value = self.env.get(name)
+            secret_file = self.env.get(f"{name}_FILE")
+            if secret_file and value is not None:
+                shown = name if _plain_name(f"{name}_FILE") else "a variable"
+                problem = f"both {shown} and {shown}_FILE are set: keep one"
+                self.missing.append(_Missing(loc, name, problem))
+                return ""
+            if secret_file:
+                value = self._secret_file(secret_file, loc, f"{name}_FILE")
+                if value is None:
+                    return ""
             if default is not None and not value:
                 return default
             if value is None:
@@ -485,6 +509,39 @@ class _Reader:
             return value
 
         return _REFERENCE.sub(replace, text)
+
+    def _secret_file(self, path: str, loc: Loc, variable: str | None = None) -> str | None:
+        """A secret file's text without its trailing newline; None (and noted) if unreadable."""
+        file = Path(path)
+        if variable is None and not file.is_absolute():
+            base = self.source
+            if not (base.startswith("<") and base.endswith(">")):
+                file = Path(base).parent / file
+        # Shown only when plainly a path and a variable name: a secret pasted in their place
+        # must not be echoed.
+        path_shown = all(_plain_name(part) for part in file.parts if part != "/")
+        where = str(file) if path_shown else "<hidden path>"
+        if variable is None:
+            named = f"secret file {where}"
+        else:
+            named = f"{variable if _plain_name(variable) else 'a *_FILE variable'}={where}"
+        try:
+            if not path:
+                problem = "a file reference needs a path: ${file:/run/secrets/name}"
+            elif not stat.S_ISREG(file.stat().st_mode):
+                problem = f"{named} is not a regular file"
+            else:
+                with file.open("rb") as handle:
+                    data = handle.read(_MAX_SECRET_FILE + 1)
+                if len(data) <= _MAX_SECRET_FILE:
+                    return data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+                problem = f"{named} is larger than {_MAX_SECRET_FILE} bytes"
+        except UnicodeDecodeError:
+            problem = f"{named} is not UTF-8 text"
+        except OSError as exc:
+            problem = f"cannot read {named}: {exc.strerror or type(exc).__name__}"
+        self.missing.append(_Missing(loc, variable or _FILE_PREFIX + path, problem))
+        return None
 
 
 # -- what an error may show --------------------------------------------------------
@@ -640,7 +697,9 @@ class _Validator:
                 and missing.loc[1] in disabled
             ):
                 continue
-            if _plain_name(missing.name):
+            if missing.problem:
+                reader.problem(missing.loc, missing.problem)
+            elif _plain_name(missing.name):
                 reader.problem(
                     missing.loc,
                     f"environment variable {missing.name} is not set "

@@ -17,6 +17,7 @@ pytest_plugins = [
 ]
 
 FAULT_TOTALS = Path(__file__).parent / "artifacts" / "faults.txt"
+COMPOSE_UP = Path(__file__).parent / "artifacts" / "compose-up.txt"
 _STARTED = time.time()
 
 
@@ -25,3 +26,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FAULT_TOTALS.exists() and FAULT_TOTALS.stat().st_mtime >= _STARTED:
         terminalreporter.section("fault-injection totals")
         terminalreporter.write(FAULT_TOTALS.read_text(encoding="utf-8"))
+    if COMPOSE_UP.exists() and COMPOSE_UP.stat().st_mtime >= _STARTED:
+        terminalreporter.section("docker compose test")
+        terminalreporter.write(COMPOSE_UP.read_text(encoding="utf-8"))

@@ -553,3 +553,57 @@ async def start_fake_stripe(
         fake.seed()
     await fake.start(host, port)
     return fake
+
+
+# --- ``python -m aggregator.samples.stripe_api``: the server on its own -----------------
+
+# stripe-mock's port and the test key its documentation uses, so that this server stands in
+# for stripe-mock unchanged (the offline compose stack runs it so).
+STANDALONE_PORT = 12111
+STANDALONE_KEY = "sk_test_123"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the sample Stripe account until SIGINT or SIGTERM (exit 0); see ``--help``."""
+    import argparse
+    import asyncio
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m aggregator.samples.stripe_api",
+        description="A local server speaking Stripe's API wire format, seeded with the "
+        "sample customers ada@, grace@ and alan@example.com.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=STANDALONE_PORT, help="port (0: any free one)")
+    parser.add_argument("--key", default=STANDALONE_KEY, help="the only secret API key accepted")
+    parser.add_argument("--empty", action="store_true", help="serve no sample data")
+    args = parser.parse_args(argv)
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            fake = await start_fake_stripe(
+                seed=not args.empty, host=args.host, port=args.port, key=args.key
+            )
+        except OSError as exc:
+            sys.stderr.write(f"cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
+            return 1
+        data = "no data" if args.empty else f"{len(fake.customers)} sample customers"
+        print(f"Stripe-shaped API on {fake.url} (key {args.key}, {data})", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await fake.close()
+        print("Stripe-shaped API stopped", flush=True)
+        return 0
+
+    raise SystemExit(asyncio.run(serve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -167,7 +167,10 @@ def test_proxy_is_published_and_health_checked(compose_model: dict[str, Any]) ->
     services = compose_model["services"]
     proxy = services["proxy"]
 
-    assert {(p["target"], p["published"]) for p in proxy["ports"]} == {(8080, "8080")}
+    # On 127.0.0.1 only: the stack's token is a demo token.
+    assert {(p["host_ip"], p["target"], p["published"]) for p in proxy["ports"]} == {
+        ("127.0.0.1", 8080, "8080")
+    }
     assert "http://127.0.0.1:8080/healthz" in " ".join(proxy["healthcheck"]["test"])
     for name, dependency in proxy["depends_on"].items():
         if dependency["condition"] == "service_healthy":
@@ -217,16 +220,53 @@ def test_package_data_ships_the_seed_sql() -> None:
 def test_dockerfile_runs_unprivileged_with_a_healthcheck() -> None:
     lines = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ").splitlines()
     instructions = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    final = instructions[max(i for i, ins in enumerate(instructions) if ins.startswith("FROM"))]
-    runtime = instructions[instructions.index(final) :]
+    last = max(i for i, ins in enumerate(instructions) if ins.startswith("FROM"))
+    runtime = instructions[last:]
 
-    assert final == "FROM python:3.11-slim"
+    assert runtime[0] == "FROM ${BASE_IMAGE}"
+    assert "ARG BASE_IMAGE=python:3.11-slim" in instructions[: instructions.index(runtime[0])]
     users = [ins.split()[1] for ins in runtime if ins.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert "EXPOSE 8080" in runtime
     assert any(ins.startswith("HEALTHCHECK") and "/healthz" in ins for ins in runtime)
     cmd = next(ins for ins in runtime if ins.startswith("CMD "))
     assert json.loads(cmd[len("CMD ") :]) == ["aggregator", "serve", "--config", CONTAINER_CONFIG]
+
+
+def test_dockerfile_fetches_nothing_but_its_base_image() -> None:
+    """No ``# syntax=`` directive (BuildKit would fetch that frontend image from a registry);
+    every stage starts from the BASE_IMAGE argument, the WHEELHOUSE one, or another stage."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    froms = [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("FROM ")]
+    stages = {args[2] for args in froms if len(args) == 3 and args[1].upper() == "AS"}
+
+    assert not any(line.lower().startswith("# syntax") for line in text.splitlines())
+    assert {args[0] for args in froms} <= {"${BASE_IMAGE}", "${WHEELHOUSE}", *stages}
+    assert "ARG WHEELHOUSE=wheels" in text.splitlines()
+    assert "wheels" in stages
+
+
+def test_the_images_own_services_run_read_only_without_capabilities(
+    compose_model: dict[str, Any],
+) -> None:
+    services = compose_model["services"]
+
+    for name in ("proxy", "crm"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+
+
+def test_upstreams_are_unpublished_on_an_internal_network(compose_model: dict[str, Any]) -> None:
+    services = compose_model["services"]
+
+    assert compose_model["networks"]["upstreams"]["internal"] is True
+    assert set(services["proxy"]["networks"]) == {"default", "upstreams"}
+    for name in SERVICES - {"proxy"}:
+        assert set(services[name]["networks"]) == {"upstreams"}, name
+        assert not services[name].get("ports"), name
 
 
 def test_dockerfile_copies_only_files_the_build_context_sends() -> None:
@@ -463,3 +503,94 @@ async def test_proxy_with_the_stack_config_answers_from_every_connector(
     assert body["db_invoices_count"] == 3
     assert body["crm_company"] == "Analytical Engines Ltd"
     assert body["crm_tags"] == "vip, beta"
+
+
+# --- deploy/compose/offline.yml: the same stack built without any registry ---------------
+
+OFFLINE_FILE = ROOT / "deploy" / "compose" / "offline.yml"
+POSTGRES_STANDIN = ROOT / "deploy" / "compose" / "standins" / "postgres" / "entrypoint.sh"
+
+
+@pytest.fixture(scope="module")
+def offline_model() -> dict[str, Any]:
+    """docker-compose.yml with deploy/compose/offline.yml over it, as Compose v2 merges them."""
+    result = run_compose("--file", str(OFFLINE_FILE), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert "warn" not in result.stderr.lower(), result.stderr
+    model: dict[str, Any] = json.loads(result.stdout)
+    return model
+
+
+def test_offline_stack_builds_everything_without_a_network_and_pulls_nothing(
+    offline_model: dict[str, Any],
+) -> None:
+    services = offline_model["services"]
+    built = {s["image"] for s in services.values() if "build" in s}
+
+    assert set(services) == SERVICES
+    for name, service in services.items():
+        assert service["pull_policy"] in ("build", "never"), name
+        if "build" in service:
+            assert service["build"]["network"] == "none", name
+            assert service["build"]["args"]["BASE_IMAGE"].startswith("groove-aggregator-offline/")
+        else:
+            assert service["image"] in built, name
+    assert services["proxy"]["build"]["args"]["WHEELHOUSE"].startswith("groove-aggregator-offline/")
+    for name in ("redis", "postgres"):
+        assert (ROOT / services[name]["build"]["context"] / "Dockerfile").is_file()
+
+
+def test_offline_standins_keep_what_the_stack_uses_of_the_official_images(
+    compose_model: dict[str, Any], offline_model: dict[str, Any]
+) -> None:
+    official, offline = compose_model["services"], offline_model["services"]
+    entrypoint = POSTGRES_STANDIN.read_text(encoding="utf-8")
+
+    for name in ("redis", "postgres", "crm", "proxy"):
+        # Only the pace of the checks changes: the same commands decide health.
+        assert offline[name]["healthcheck"]["test"] == official[name]["healthcheck"]["test"]
+    assert offline["redis"]["command"] == official["redis"]["command"]
+    assert offline["postgres"]["volumes"] == official["postgres"]["volumes"]
+    for variable in official["postgres"]["environment"]:
+        assert f"${{{variable}" in entrypoint, f"the postgres stand-in ignores {variable}"
+    assert SEED_TARGET.rsplit("/", 1)[0] in entrypoint
+
+
+async def test_offline_stripe_standin_serves_the_proxys_key_and_passes_its_healthcheck(
+    compose_model: dict[str, Any],
+    offline_model: dict[str, Any],
+    proxy_env: dict[str, str],
+    session: aiohttp.ClientSession,
+) -> None:
+    stripe = offline_model["services"]["stripe"]
+    command = stripe["command"]
+    assert command[:3] == ["python", "-m", "aggregator.samples.stripe_api"]
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    # The address the proxy is given, stripe-mock's port, and the key the proxy sends.
+    assert options["--port"] == compose_model["services"]["stripe"]["expose"][0]
+    assert f":{options['--port']}" in proxy_env["STRIPE_API_BASE"]
+    assert options["--key"] == proxy_env["STRIPE_API_KEY"]
+    port = str(_free_port())
+    local = {**options, "--host": "127.0.0.1", "--port": port}
+    argv = [sys.executable, *command[1:3], *(x for pair in local.items() for x in pair)]
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            await process.stdout.readline()  # "Stripe-shaped API on ..."
+        check = stripe["healthcheck"]["test"]
+        assert check[:2] == ["CMD", "python"]
+        health = await _run(
+            sys.executable, *[a.replace(", 12111)", f", {port})") for a in check[2:]]
+        )
+        url = f"http://127.0.0.1:{port}/v1/customers"
+        headers = {"Authorization": f"Bearer {options['--key']}"}
+        async with session.get(url, params={"email": "ada@example.com"}, headers=headers) as resp:
+            customers = (await resp.json())["data"]
+    finally:
+        process.terminate()
+        await process.wait()
+
+    assert health == 0
+    assert [c["name"] for c in customers] == ["Ada Lovelace"]
+    assert process.returncode == 0
