@@ -1,7 +1,7 @@
 """Per-field display formats, so every source shows money and dates the way Stripe's do.
 
-A connector that returns records (the postgres connector's ``formats``; the rest connector's
-``fields`` may adopt it) names a format per field:
+A connector that returns records (the ``formats`` of the postgres and rest connectors, of
+a rest connector's ``then`` steps and of the presets) names a format per field:
 
 - ``money:eur``: an amount in major units (``2400``, ``1499.50``) -> ``"€2400.00"``;
 - ``money:@currency``: the same, the currency code read from the record's ``currency``
@@ -21,11 +21,13 @@ not fit its format (text in a money column, an unknown currency field) is left a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
 
 from aggregator.merge import currency_exponent, money
 
@@ -93,6 +95,37 @@ def parse_formats(specs: Mapping[str, str]) -> dict[str, FieldFormat]:
         except ValueError as exc:
             raise ValueError(f"{field_name}: {exc}") from None
     return parsed
+
+
+def check_format(spec: str) -> str:
+    """``spec`` unchanged when it is a valid format (a pydantic validator); ValueError else."""
+    parse_format(spec)
+    return spec
+
+
+FormatSpec = Annotated[str, AfterValidator(check_format)]
+"""A config value holding one format spec, refused at its line when invalid."""
+
+
+def check_names(specs: Mapping[str, str], names: Collection[str], what: str = "fields") -> None:
+    """ValueError when a format, or a money format's ``@field``, names no field in ``names``."""
+    for field_name, spec in specs.items():
+        if field_name not in names:
+            raise ValueError(f"{field_name!r} is not one of the {what} ({_listed(names)})")
+        try:
+            source = parse_format(spec).currency_field
+        except ValueError:
+            continue  # reported at the spec's own line
+        if source is not None and source not in names:
+            raise ValueError(
+                f"{field_name}: {spec!r} reads the currency from {source!r}, "
+                f"which is not one of the {what} ({_listed(names)})"
+            )
+
+
+def _listed(names: Collection[str]) -> str:
+    shown = sorted(names)
+    return ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
 
 
 def apply_formats(record: Mapping[str, Any], formats: Mapping[str, FieldFormat]) -> dict[str, Any]:

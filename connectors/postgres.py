@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
@@ -22,7 +22,6 @@ import orjson
 from asyncpg import exceptions as pgerr
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,7 +32,7 @@ from pydantic import (
 )
 
 from aggregator.errors import ConnectorError, FatalError, RetriableError, UnavailableError
-from aggregator.formats import FieldFormat, apply_formats, parse_format, parse_formats
+from aggregator.formats import FieldFormat, FormatSpec, apply_formats, parse_formats
 from aggregator.merge import TRUNCATED
 from connectors.base import Connector, ConnectorSettings
 
@@ -59,11 +58,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _format_spec(spec: str) -> str:
-    parse_format(spec)
-    return spec
-
-
 class QuerySpec(BaseModel):
     """One named query of ``queries``; ``many`` returns every row as a list."""
 
@@ -81,7 +75,7 @@ class PostgresSettings(ConnectorSettings):
     queries: dict[str, str | QuerySpec] | None = Field(
         None, description="Several named queries, each taking the email as $1."
     )
-    formats: dict[str, Annotated[str, AfterValidator(_format_spec)]] = Field(
+    formats: dict[str, FormatSpec] = Field(
         default_factory=dict,
         description="Column -> display format (money:eur, money:@currency, cents:usd, date, "
         "datetime), applied to the columns of every query.",

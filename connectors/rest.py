@@ -1,9 +1,10 @@
 """The ``rest`` connector: JSON HTTP APIs (CRMs, billing, help desks) looked up by email.
 
 One first call (``url``, ``method``, ``headers``, ``body``, ``auth``) whose answer is
-checked (``errors``), narrowed (``select``) and picked from (``fields``); then optional
-``then`` steps, run concurrently and fed by the first selection, each landing under its
-own name; and an optional ``link`` to the record (``<prefix>_url``). Placeholders are
+checked (``errors``), narrowed (``select``), picked from (``fields``) and shown
+(``formats``, see ``aggregator.formats``); then optional ``then`` steps, run concurrently
+and fed by the first selection, each landing under its own name (with formats of its
+own); and an optional ``link`` to the record (``<prefix>_url``). Placeholders are
 described in ``connectors.templating``: the email is always data, never structure.
 
 Presets (HubSpot, Salesforce, ...) are subclasses of ``RestBase`` that build a
@@ -33,6 +34,7 @@ from aggregator.errors import (
     RetriableError,
     UnavailableError,
 )
+from aggregator.formats import FieldFormat, apply_formats, parse_formats
 from aggregator.privacy import mask_email
 from connectors.auth import Authenticator, Credentials
 from connectors.base import Answer, Connector, ConnectorSettings, SettingsT, Status, StepOutcome
@@ -99,10 +101,16 @@ class _Step:
     fields: dict[str, ParsedResult]
     max_items: int | None
     count: ParsedResult | None
+    formats: dict[str, FieldFormat]
 
 
 def _empty(value: Any) -> bool:
     return value is None or value == {} or value == []
+
+
+def _formatted_object(value: Any, formats: Mapping[str, FieldFormat]) -> Any:
+    """An object with its formatted fields shown; anything else as it is."""
+    return apply_formats(value, formats) if formats and isinstance(value, dict) else value
 
 
 class RestBase(Connector[SettingsT]):
@@ -117,6 +125,9 @@ class RestBase(Connector[SettingsT]):
     - Without ``fields`` the selected value must be a JSON object (else fatal). With
       ``fields`` each expression runs on the selected value whatever its type; names whose
       value is null are left out.
+    - ``formats`` apply to the top-level fields once everything else is done (presets'
+      ``_finish`` included); a step's ``formats`` to its fields, or to each object it
+      selected, before its items are numbered.
     - ``then`` steps run concurrently inside the fetch's deadline; a failing step adds
       ``<step>_error`` (timeout, unavailable or error) and the first call's fields stay.
     - Timeouts, retries of the first call and the circuit breaker are the base class's job.
@@ -134,6 +145,7 @@ class RestBase(Connector[SettingsT]):
         self._lookups = [_Lookup.of(spec), *(_Lookup.of(f) for f in self.fallback_settings())]
         self._errors = compile_jmespath(spec.errors) if spec.errors else None
         self._steps = [self._compile_step(n, s) for n, s in (spec.then or {}).items()]
+        self._formats = parse_formats(spec.formats)
         self._not_found = frozenset(spec.not_found_statuses)
         self._session: aiohttp.ClientSession | None = None
 
@@ -159,6 +171,7 @@ class RestBase(Connector[SettingsT]):
             {k: compile_jmespath(v) for k, v in (step.fields or {}).items()},
             step.max_items,
             compile_jmespath(step.count) if step.count else None,
+            parse_formats(step.formats),
         )
 
     async def open(self, session: aiohttp.ClientSession) -> None:
@@ -232,7 +245,7 @@ class RestBase(Connector[SettingsT]):
         if self._steps:
             values, steps = await self._run_steps(context)
             fields.update(values)
-        fields = await self._finish(fields, context)
+        fields = self._formatted(await self._finish(fields, context))
         return Answer(fields, steps) if steps else fields
 
     async def _look_up(self, lookup: _Lookup, email: str) -> tuple[dict[str, Any], Context] | None:
@@ -257,6 +270,10 @@ class RestBase(Connector[SettingsT]):
     async def _finish(self, fields: dict[str, Any], context: Context) -> dict[str, Any]:
         """Last touches to the fields (presets: money, links); the first selection in context."""
         return fields
+
+    def _formatted(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields shown as ``formats`` says (presets also format their items' fields)."""
+        return apply_formats(fields, self._formats) if self._formats else fields
 
     @staticmethod
     def _selected(lookup: _Lookup, document: Any, context: Context) -> Any:
@@ -349,13 +366,14 @@ class RestBase(Connector[SettingsT]):
             if step.fields:
                 picked = {name: search(expr, selected) for name, expr in step.fields.items()}
                 kept = {name: value for name, value in picked.items() if value is not None}
-                return kept or None
+                return _formatted_object(kept, step.formats) or None
             count = search(step.count, document) if step.count else None
         except JMESPathError as exc:
             raise FatalError(f"JMESPath failed on the answer: {type(exc).__name__}") from None
         if isinstance(selected, list):
-            return self._items(selected, step, count)
-        return None if _empty(selected) else selected
+            shown = [_formatted_object(item, step.formats) for item in selected]
+            return self._items(shown, step, count)
+        return None if _empty(selected) else _formatted_object(selected, step.formats)
 
     @staticmethod
     def _items(items: list[Any], step: _Step, count: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Keys of a ``type: rest`` connector: the first call, ``auth``, ``errors``, ``link``, ``then``.
+"""Keys of a ``type: rest`` connector: the first call, ``auth``, ``errors``, ``link``, ``then``,
+``formats``.
 
 Every template is compiled here once so that a broken one is refused at load time with
 the file, line and key (see ``connectors.templating`` for placeholders).
@@ -10,8 +11,9 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from aggregator.formats import FormatSpec, check_names
 from connectors.auth import Authenticator, RestAuth
 from connectors.base import ConnectorSettings
 from connectors.templating import (
@@ -31,6 +33,19 @@ def _check_fields(value: dict[str, str] | None) -> dict[str, str] | None:
             raise ValueError("fields: an output name is empty")
         compile_jmespath(expression)
     return value
+
+
+def _check_formats(value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    """With ``fields``, every format (and money's ``@field``) must name one of them."""
+    fields = info.data.get("fields")
+    if value and fields:
+        check_names(value, fields, "fields")
+    return value
+
+
+FORMATS_HELP = (
+    "Output field -> display format (money:eur, money:@currency, cents:usd, date, datetime)"
+)
 
 
 def _check_headers(value: dict[str, str]) -> dict[str, str]:
@@ -59,6 +74,10 @@ class StepSettings(BaseModel):
     count: str | None = Field(
         default=None,
         description="JMESPath on the step's whole answer giving <step>_count (a total).",
+    )
+    formats: dict[str, FormatSpec] = Field(
+        default_factory=dict,
+        description=FORMATS_HELP + ", applied to the step's fields or to each selected object.",
     )
 
     @field_validator("url")
@@ -92,6 +111,11 @@ class StepSettings(BaseModel):
     def _check_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return _check_fields(value)
 
+    @field_validator("formats")
+    @classmethod
+    def _check_formats(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return _check_formats(value, info)
+
 
 class RestSettings(ConnectorSettings):
     """Settings of a ``rest`` connector."""
@@ -112,6 +136,10 @@ class RestSettings(ConnectorSettings):
     fields: dict[str, str] | None = Field(
         default=None,
         description="Output name -> JMESPath on the selected value; None values omitted.",
+    )
+    formats: dict[str, FormatSpec] = Field(
+        default_factory=dict,
+        description=FORMATS_HELP + ", applied to the first call's fields.",
     )
     errors: str | None = Field(
         default=None, description="JMESPath on the answer; a non-empty result is an error."
@@ -177,6 +205,11 @@ class RestSettings(ConnectorSettings):
     @classmethod
     def _check_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return _check_fields(value)
+
+    @field_validator("formats")
+    @classmethod
+    def _check_formats(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return _check_formats(value, info)
 
     @model_validator(mode="after")
     def _check_whole(self) -> RestSettings:

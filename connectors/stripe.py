@@ -38,7 +38,7 @@ from aggregator.emails import as_sent
 from aggregator.errors import FatalError, RetriableError, UnavailableError
 from connectors.base import Connector, ConnectorSettings
 from connectors.stripe_catalog import Catalog
-from connectors.stripe_fields import ENDED, JSON, newest_first, summarize
+from connectors.stripe_fields import ENDED, FIELDS, JSON, newest_first, summarize
 from connectors.stripe_http import (
     KEY_REFUSED,
     BoundedHTTPClient,
@@ -186,6 +186,10 @@ class StripeConnector(Connector[StripeSettings]):
         """Seconds left for the running fetch (None outside ``fetch``)."""
         end = self.budget_end()
         return None if end is None else end - asyncio.get_running_loop().time()
+
+    def declared_shape(self) -> Mapping[str, Any] | None:
+        """The documented fields, every one present in each answer (null when unknown)."""
+        return dict.fromkeys(FIELDS)
 
     def dashboard_url(self, customer_id: str) -> str:
         """The customer's page in the Stripe dashboard, test-mode path for a test key."""

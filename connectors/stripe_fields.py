@@ -29,6 +29,28 @@ OPEN_DISPUTE = frozenset(
 )
 
 
+FIELDS: tuple[str, ...] = (
+    *("id", "customer_ids", "customers_count", "created_at", "currency", "balance"),
+    *("balance_text", "delinquent", "dashboard_url"),
+    *("subscriptions_count", "subscription_status", "subscription_id", "plan", "mrr"),
+    *("mrr_excludes_metered", "current_period_end", "renews_at", "ends_at", "cancel_at"),
+    *("cancel_at_period_end", "canceled_at", "ended_at", "trial_end", "trial_days_left"),
+    *("collection_paused", "pause_collection_behavior", "pause_collection_resumes_at"),
+    *("coupon", "discount", "discount_ends_at"),
+    *("payment_method_type", "payment_method_brand", "payment_method_last4"),
+    *("payment_method_expires", "payment_method_expired"),
+    *("charges_count", "charges_truncated", "last_charge_amount", "last_charge_at"),
+    *("last_charge_status", "last_charge_amount_refunded", "first_charge_at"),
+    *("lifetime_value", "total_refunded"),
+    *("last_failed_payment_at", "last_failed_payment_amount", "last_failed_payment_message"),
+    *("disputes_count", "open_dispute_status", "open_dispute_reason", "open_dispute_amount"),
+    *("open_dispute_evidence_due_by", "open_invoices_count", "open_invoices_amount_due"),
+    *("past_due_invoices_count", "oldest_open_invoice_url", "next_payment_attempt"),
+)
+"""Every field of a profile (``summarize`` and the dashboard link), in the README table's
+order, without the prefix; a test keeps the three in step."""
+
+
 def iso(timestamp: Any) -> str | None:
     """A Unix timestamp as ISO 8601 UTC, or None."""
     if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):

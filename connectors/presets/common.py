@@ -1,4 +1,5 @@
-"""What every preset shares: ``api_base``, ``max_items``, safe host labels, value helpers."""
+"""What every preset shares: ``api_base``, ``max_items``, ``formats``, safe host labels, value
+helpers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import Field, field_validator
 from yarl import URL
 
+from aggregator.formats import FieldFormat, FormatSpec, apply_formats, check_names, parse_formats
 from aggregator.merge import money
 from connectors.base import ConnectorSettings
 from connectors.rest import RestBase
@@ -38,6 +40,16 @@ class PresetSettings(ConnectorSettings):
         le=50,
         description="Latest items (deals, orders...) shown as numbered keys.",
     )
+    formats: dict[str, FormatSpec] = Field(
+        default_factory=dict,
+        description="Field -> display format (money:eur, money:@currency, cents:usd, date, "
+        "datetime); <list>.<field> formats that field of each item (deals.amount).",
+    )
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    """The preset's top-level fields (set from its connector class)."""
+    ITEM_LISTS: ClassVar[Mapping[str, Mapping[str, None]]] = {}
+    """Its numbered item lists and each item's fields (set from its connector class)."""
 
     @field_validator("api_base")
     @classmethod
@@ -51,6 +63,32 @@ class PresetSettings(ConnectorSettings):
             raise ValueError("must be a plain base URL (no query, fragment or placeholder)")
         return value.rstrip("/")
 
+    @field_validator("formats")
+    @classmethod
+    def _check_format_names(cls, value: dict[str, str]) -> dict[str, str]:
+        top, items = split_formats(value)
+        if cls.FIELDS:
+            check_names(top, cls.FIELDS)
+        for name, specs in items.items():
+            if name not in cls.ITEM_LISTS:
+                lists = ", ".join(sorted(cls.ITEM_LISTS)) or "none"
+                raise ValueError(f"{name!r} is not a list of this preset ({lists})")
+            check_names(specs, cls.ITEM_LISTS[name], f"fields of a {name} item")
+        return value
+
+
+def split_formats(specs: Mapping[str, str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """``formats`` split into top-level fields and, per item list, its items' fields."""
+    top: dict[str, str] = {}
+    items: dict[str, dict[str, str]] = {}
+    for key, spec in specs.items():
+        name, dot, field_name = key.partition(".")
+        if dot:
+            items.setdefault(name, {})[field_name] = spec
+        else:
+            top[key] = spec
+    return top, items
+
 
 PresetT = TypeVar("PresetT", bound=PresetSettings)
 
@@ -62,6 +100,34 @@ class PresetConnector(RestBase[PresetT]):
     """Numbered item lists (name -> one item's fields), for ``declared_shape``."""
     FIELDS: ClassVar[tuple[str, ...]] = ()
     """Top-level fields, for ``declared_shape`` (the README lists them too)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A preset's settings learn its field lists, to check ``formats`` at load time."""
+        super().__init_subclass__(**kwargs)
+        model = cls.__dict__.get("settings_model")
+        if isinstance(model, type) and issubclass(model, PresetSettings):
+            model.FIELDS = cls.FIELDS
+            model.ITEM_LISTS = cls.ITEM_LISTS
+
+    def __init__(self, name: str, settings: PresetT) -> None:
+        super().__init__(name, settings)
+        top, items = split_formats(settings.formats)
+        self._formats = {**self._formats, **parse_formats(top)}
+        self._item_formats: dict[str, dict[str, FieldFormat]] = {
+            name: parse_formats(specs) for name, specs in items.items()
+        }
+
+    def _formatted(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The top-level fields, then each numbered item of a list, shown as ``formats`` says."""
+        fields = super()._formatted(fields)
+        for name, formats in self._item_formats.items():
+            items = fields.get(name)
+            if isinstance(items, dict):
+                fields[name] = {
+                    key: apply_formats(item, formats) if isinstance(item, dict) else item
+                    for key, item in items.items()
+                }
+        return fields
 
     def base(self, default: str) -> str:
         """``api_base`` when set, else the vendor's address."""

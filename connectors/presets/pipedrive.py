@@ -17,7 +17,6 @@ from connectors.presets.common import (
     PresetConnector,
     PresetSettings,
     as_int,
-    display_money,
     host_label,
 )
 from connectors.rest import RestSettings
@@ -84,6 +83,7 @@ class PipedriveConnector(PresetConnector[PipedriveSettings]):
                         "select": "(data || `[]`)[*].{title: title, value: value, "
                         "currency: currency, stage_id: stage_id, add_time: add_time}",
                         "max_items": settings.max_items,
+                        "formats": {"value": "money:@currency"},
                     },
                 },
             }
@@ -97,7 +97,7 @@ class PipedriveConnector(PresetConnector[PipedriveSettings]):
         if isinstance(deals, dict):
             for item in deals.values():
                 if isinstance(item, dict):
-                    item["value"] = display_money(item.get("value"), item.pop("currency", None))
+                    item.pop("currency", None)  # shown in the value (the step's formats)
             open_count = as_int(fields.get("open_deals_count"))
             if open_count is not None:
                 deals["count"] = open_count

@@ -3,6 +3,10 @@
 Usable as the URL of a ``rest`` connector (``ChaosUpstream.template``, ``select: data[0]``).
 Each request draws its behaviour from a seeded random (``weights``) unless a ``script``
 of kinds is queued; ``counts`` says how many of each kind were served.
+
+``StripeChaos`` is the same for a ``stripe`` connector: the fake Stripe account of
+``tests/support/fake_stripe.py``, each request answered normally or with a Stripe error
+or one of its hostile answers (huge, gzip bomb, endless, trickling, cut short, redirect).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Any, Literal, get_args
 
 import orjson
 from aiohttp import web
+
+from aggregator.samples.stripe_api import Handler
+from tests.support.fake_stripe import Failure, FakeStripe, ScriptedStripe, gzip_bomb
 
 Kind = Literal[
     "ok", "delay", "reset", "http500", "http429", "bad_json", "endless", "huge", "alike_keys"
@@ -188,3 +195,103 @@ async def running_chaos(
         yield upstream
     finally:
         await upstream.close()
+
+
+# -- a Stripe-shaped chaos upstream ------------------------------------------------------
+
+StripeKind = Literal[
+    "ok",
+    "http429",
+    "http500",
+    "huge",
+    "huge_declared",
+    "gzip_bomb",
+    "endless",
+    "trickle",
+    "cut",
+    "redirect",
+]
+STRIPE_KINDS: tuple[StripeKind, ...] = get_args(StripeKind)
+
+
+class StripeChaos(ScriptedStripe):
+    """The fake Stripe account, answering each request normally or with a fault.
+
+    Each request draws a kind from seeded ``weights``: ``ok`` (the account's real answer),
+    ``http429``/``http500`` (Stripe's error bodies) or one of ``ScriptedStripe``'s hostile
+    answers (``redirect`` points at ``decoy``, another origin, which must never be asked
+    anything). ``counts`` says how many of each kind were served. A subclass may choose
+    the kind otherwise (``next_kind``).
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[StripeKind, float] | None = None,
+        seed: int = 0,
+        key: str = "sk_test_chaos",
+    ) -> None:
+        super().__init__(key)
+        self.weights: dict[StripeKind, float] = dict(weights or {"ok": 1.0})
+        unknown = set(self.weights) - set(STRIPE_KINDS)
+        if unknown:
+            raise ValueError(f"unknown Stripe fault kinds: {sorted(unknown)}")
+        self.counts: Counter[str] = Counter()
+        self.decoy = FakeStripe(key)
+        self._random = random.Random(seed)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the account and the decoy; make the gzip bomb before any client waits."""
+        gzip_bomb()
+        await self.decoy.start(host)
+        return await super().start(host, port)
+
+    async def close(self) -> None:
+        """Stop serving, the decoy too."""
+        await super().close()
+        await self.decoy.close()
+
+    @property
+    def faults(self) -> int:
+        """Requests answered with a fault of any kind."""
+        return sum(n for kind, n in self.counts.items() if kind != "ok")
+
+    def set_weights(self, weights: Mapping[StripeKind, float]) -> None:
+        """Change the mix of kinds drawn from now on."""
+        self.weights = dict(weights)
+
+    def next_kind(self, request: web.Request) -> StripeKind:
+        """The kind this request gets."""
+        kinds = list(self.weights)
+        return self._random.choices(kinds, weights=[self.weights[k] for k in kinds])[0]
+
+    def middlewares(self) -> list[Any]:
+        """The scripted stripe's middlewares, then the draw (innermost, once authorized)."""
+        return [*super().middlewares(), self._chaos]
+
+    @web.middleware
+    async def _chaos(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        kind = self.next_kind(request)
+        self.counts[kind] += 1
+        if kind == "ok":
+            return await handler(request)
+        if kind == "http429":
+            failure = Failure(429, None, {"Retry-After": "0"}, "rate_limit_error")
+        elif kind == "http500":
+            failure = Failure(500, None)
+        else:
+            location = f"{self.decoy.url}/v1/customers"
+            failure = Failure(200, None, hostile=kind, location=location)
+        return await self.injected(request, failure)
+
+
+@asynccontextmanager
+async def running_stripe_chaos(
+    weights: Mapping[StripeKind, float] | None = None, seed: int = 0
+) -> AsyncIterator[StripeChaos]:
+    """A started StripeChaos (an empty account), closed on exit."""
+    chaos = StripeChaos(weights, seed)
+    await chaos.start()
+    try:
+        yield chaos
+    finally:
+        await chaos.close()

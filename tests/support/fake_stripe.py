@@ -153,6 +153,10 @@ class ScriptedStripe(FakeStripe):
             failure.times -= 1
             if failure.times <= 0:
                 self.failures.remove(failure)
+        return await self.injected(request, failure)
+
+    async def injected(self, request: web.Request, failure: Failure) -> web.StreamResponse:
+        """The answer ``failure`` describes: a Stripe error body, or a hostile answer."""
         if failure.hostile is not None:
             return await self._hostile(request, failure)
         body = {"error": {"type": failure.error_type, "message": "Injected failure."}}

@@ -3,7 +3,9 @@
 ``HostileApi`` answers ``GET /contacts?email=<kind>[+tag]@...`` with the body named by
 the email's local part (``KINDS``); any other email gets a small, healthy contact.
 ``seed_hostile_rows`` fills a ``hostile`` table and names the queries a ``postgres``
-connector runs against it.
+connector runs against it. ``HostileStripe`` is a Stripe-shaped server answering
+``GET /v1/customers?email=stripe_<kind>[+tag]@...`` with the hostile answer ``kind``
+names (``STRIPE_KINDS``) and every other request as the (empty) account would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support.chaos import ALIKE_KEYS, alike_record
+from tests.support.chaos import ALIKE_KEYS, StripeChaos, StripeKind, alike_record
 from tests.support.pg import PgSchema
 
 WIDE_KEYS = 60_000
@@ -31,6 +33,17 @@ _CHUNK = b"x" * (64 * 1024)
 
 KINDS = ("alike", "wide", "deep", "huge", "endless", "bomb")
 """What the hostile API sends, by the local part of the email asked for."""
+
+STRIPE_KINDS: tuple[StripeKind, ...] = (
+    "huge",
+    "huge_declared",
+    "gzip_bomb",
+    "endless",
+    "trickle",
+    "cut",
+    "redirect",
+)
+"""What the hostile Stripe sends to ``stripe_<kind>@...``."""
 
 
 def deep_json(levels: int = DEEP_LEVELS) -> bytes:
@@ -132,6 +145,29 @@ async def running_hostile_api() -> AsyncIterator[HostileApi]:
         yield api
     finally:
         await api.close()
+
+
+class HostileStripe(StripeChaos):
+    """Hostile answers to the customer search of ``stripe_<kind>@...``; the rest is normal."""
+
+    def next_kind(self, request: web.Request) -> StripeKind:
+        """The kind the email's local part names (``ok`` for any other request)."""
+        local = request.query.get("email", "").partition("@")[0].partition("+")[0]
+        kind = local.removeprefix("stripe_")
+        if local.startswith("stripe_") and kind in STRIPE_KINDS:
+            return next(k for k in STRIPE_KINDS if k == kind)
+        return "ok"
+
+
+@asynccontextmanager
+async def running_hostile_stripe() -> AsyncIterator[HostileStripe]:
+    """A started HostileStripe (with its decoy origin), closed on exit."""
+    stripe = HostileStripe()
+    await stripe.start()
+    try:
+        yield stripe
+    finally:
+        await stripe.close()
 
 
 HOSTILE_QUERIES = {
