@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from liquid.exceptions import LiquidError
 
 from aggregator.collisions import collision_report
 from aggregator.config import Settings, load_settings
@@ -143,7 +144,13 @@ def serve(
     workers: int | None = None,
 ) -> int:
     """Run the proxy (``workers`` processes on one port) until SIGINT/SIGTERM, draining."""
-    from aggregator.server import ServeError, bind_socket, plan_listen, serve_socket
+    from aggregator.server import (
+        ServeError,
+        bind_socket,
+        is_loopback,
+        plan_listen,
+        serve_socket,
+    )
 
     setup_logging(settings.logging.level, settings.logging.format)
     log = logging.getLogger("aggregator")
@@ -172,7 +179,7 @@ def serve(
     if count > 1:
         from aggregator.workers import run_workers
 
-        return run_workers(settings, sock.detach(), count)
+        return run_workers(settings, sock.detach(), count, exposed=not is_loopback(plan.host))
     install_uvloop()
     from aggregator.app import create_app
 
@@ -265,8 +272,13 @@ async def preview(settings: Settings, raw_email: str, template_text: str | None)
                 file=sys.stderr,
             )
     if template_text is not None:
+        try:
+            rendered = render_sidebar(template_text, answer.profile or {}, email)
+        except LiquidError as exc:
+            print(f"\ntemplate error: {exc}", file=sys.stderr)
+            return 1
         print("\nrendered template:", file=sys.stderr)
-        print(render_sidebar(template_text, answer.profile or {}, email))
+        print(rendered)
     return 0
 
 
@@ -279,7 +291,12 @@ async def purge(settings: Settings, raw_email: str) -> int:
         return 2
     runtime = build(settings, connectors=False)
     if not runtime.store.shared:
-        print("cache is in-process (memory://): nothing outlives the server process")
+        path = settings.server.path.rstrip("/")
+        print(
+            "cache is in-process (memory://): only the running server holds profiles; "
+            f"drop one there with POST {path}/purge?email=...&api_token=... "
+            "(with --workers, each worker has its own cache: use Redis to purge them all)"
+        )
         return 0
     async with aiohttp.ClientSession() as session, runtime.opened(session):
         purged = await runtime.store.purge(email, time.time())

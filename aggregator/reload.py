@@ -19,8 +19,9 @@ from aiohttp import web
 
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
-from aggregator.keys import LIVE
+from aggregator.keys import EXPOSED, LIVE
 from aggregator.runtime import LiveRuntime, OpenError, build
+from aggregator.server import accepts_public_token
 
 log = logging.getLogger("aggregator.reload")
 
@@ -37,11 +38,16 @@ RESTART_ONLY = (
 
 
 class Reloader:
-    """Reloads the configuration from its file on demand."""
+    """Reloads the configuration from its file on demand.
 
-    def __init__(self, live: LiveRuntime, path: Path) -> None:
+    ``exposed``: the process listens beyond loopback, so a config accepting the public
+    development token is refused (it is only ever served on loopback).
+    """
+
+    def __init__(self, live: LiveRuntime, path: Path, *, exposed: bool = False) -> None:
         self.live = live
         self.path = path
+        self.exposed = exposed
         self._lock = asyncio.Lock()
         self._mtime = _mtime(path)
 
@@ -57,6 +63,13 @@ class Reloader:
             return await self._apply(settings)
 
     async def _apply(self, settings: Settings) -> bool:
+        if self.exposed and accepts_public_token(settings):
+            log.error(
+                "config reload refused: it accepts the public development token 'dev-token' "
+                "while the proxy listens beyond loopback; set GROOVE_API_TOKEN. "
+                "The running config stays."
+            )
+            return False
         old = self.live.runtime
         for key in RESTART_ONLY:
             if getattr(old.settings.server, key) != getattr(settings.server, key):
@@ -107,7 +120,7 @@ async def reload_context(app: web.Application) -> AsyncIterator[None]:
     if source is None:
         yield
         return
-    reloader = Reloader(live, Path(source))
+    reloader = Reloader(live, Path(source), exposed=app.get(EXPOSED, False))
     app[RELOADER] = reloader
     loop = asyncio.get_running_loop()
     watcher = asyncio.ensure_future(reloader.watch())

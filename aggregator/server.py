@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from aggregator.config import Settings
+from aggregator.keys import EXPOSED
 
 log = logging.getLogger("aggregator.server")
 
@@ -80,6 +81,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def accepts_public_token(settings: Settings) -> bool:
+    """True when ``settings`` accept a public token (the shipped config's ``dev-token``)."""
+    return any(t.get_secret_value() in PUBLIC_TOKENS for t in settings.auth.api_tokens)
+
+
 def token_warnings(settings: Settings) -> list[str]:
     """A warning for each accepted token that is public, well known or short."""
     warnings = []
@@ -113,8 +119,7 @@ def plan_listen(
     port = cli_port or settings.server.port
     host = cli_host or settings.server.host
     warnings = token_warnings(settings)
-    public = any(t.get_secret_value() in PUBLIC_TOKENS for t in settings.auth.api_tokens)
-    if not public or is_loopback(host):
+    if not accepts_public_token(settings) or is_loopback(host):
         return ListenPlan(host, port, warnings)
     asked = cli_host if cli_host is not None else environ.get("HOST")
     if asked and not is_loopback(asked):
@@ -278,6 +283,7 @@ async def serve_socket(app: web.Application, settings: Settings, sock: socket.so
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    app[EXPOSED] = not is_loopback(str(sock.getsockname()[0]))
     runner = ProxyRunner(app, settings)
     try:
         await runner.setup()

@@ -36,7 +36,8 @@ from gunicorn.arbiter import Arbiter
 from aggregator.app import create_app
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
-from aggregator.server import KEEPALIVE_SECONDS, ProxyRunner
+from aggregator.keys import EXPOSED
+from aggregator.server import KEEPALIVE_SECONDS, ProxyRunner, accepts_public_token
 
 log = logging.getLogger("aggregator.server")
 
@@ -92,10 +93,11 @@ def _tmp_dir() -> str | None:
 class ProxyApplication(BaseApplication):
     """gunicorn's custom-application interface around the proxy."""
 
-    def __init__(self, settings: Settings, fd: int, workers: int) -> None:
+    def __init__(self, settings: Settings, fd: int, workers: int, *, exposed: bool) -> None:
         self._settings = settings
         self._fd = fd
         self._workers = workers
+        self._exposed = exposed
         super().__init__(prog="aggregator serve")
 
     def load_config(self) -> None:
@@ -125,6 +127,7 @@ class ProxyApplication(BaseApplication):
     def load(self) -> Callable[[], Awaitable[web.AppRunner]]:  # type: ignore[override]
         """The app factory every worker calls after the fork."""
         started_with = self._settings
+        exposed = self._exposed
 
         async def make_runner() -> web.AppRunner:
             settings = started_with
@@ -133,7 +136,15 @@ class ProxyApplication(BaseApplication):
                     settings = load_settings(started_with.source)
                 except ConfigError as exc:
                     log.error("config refused, this worker keeps the one it started with:\n%s", exc)
-            return ProxyRunner(create_app(settings), settings)
+            if exposed and accepts_public_token(settings):
+                log.error(
+                    "config refused: it accepts the public development token 'dev-token' while "
+                    "the proxy listens beyond loopback; this worker keeps the one it started with"
+                )
+                settings = started_with
+            app = create_app(settings)
+            app[EXPOSED] = exposed
+            return ProxyRunner(app, settings)
 
         return make_runner
 
@@ -146,10 +157,13 @@ def _on_exit(arbiter: Any) -> None:
     log.info("stopped: all workers have exited")
 
 
-def run_workers(settings: Settings, fd: int, workers: int) -> int:
-    """Serve the listening socket ``fd`` (gunicorn owns it now) with ``workers`` processes."""
+def run_workers(settings: Settings, fd: int, workers: int, *, exposed: bool) -> int:
+    """Serve the listening socket ``fd`` (gunicorn owns it now) with ``workers`` processes.
+
+    ``exposed``: the socket listens beyond loopback (see ``aggregator.server``).
+    """
     try:
-        ProxyApplication(settings, fd, workers).run()
+        ProxyApplication(settings, fd, workers, exposed=exposed).run()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     return 0

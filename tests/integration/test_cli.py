@@ -161,3 +161,37 @@ async def test_purge_drops_the_cached_profile(
     assert body["profile_cached"] is False
     assert body["crm_plan_name"] == "Pro"
     assert crm.calls["ada@example.com"] == 2
+
+
+async def test_preview_reports_a_template_error_in_one_line(tmp_path: Path, crm: FakeCrm) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        f"""\
+        auth: {{api_tokens: ["{TOKEN}"]}}
+        connectors:
+          crm: {{type: rest, url: "{crm.template}", select: "data[0]"}}
+        """,
+    )
+    template = write(tmp_path / "t.liquid", "{% if crm_plan_name %}unclosed")
+    code, out, err = await aggregator(
+        "preview", "ada@example.com", "--config", str(config), "--template", str(template)
+    )
+    assert code == 1
+    assert '"crm_plan_name": "Pro"' in out
+    assert "template error:" in err
+    assert "Traceback" not in err
+
+
+async def test_purge_on_the_memory_cache_says_how_to_purge_the_running_server(
+    tmp_path: Path,
+) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        f"""\
+        server: {{path: /groove/profile}}
+        auth: {{api_tokens: ["{TOKEN}"]}}
+        """,
+    )
+    code, out, _ = await aggregator("purge", "ada@example.com", "--config", str(config))
+    assert code == 0
+    assert "POST /groove/profile/purge?email=" in out

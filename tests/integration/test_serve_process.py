@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -157,6 +158,39 @@ async def test_a_weak_token_beyond_loopback_starts_with_a_warning(tmp_path: Path
     output = server.output()
     assert f"serving on http://0.0.0.0:{server.port}/profile" in output
     assert "well-known token 'demo-token'" in output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_reload_to_the_public_token_is_refused_beyond_loopback(
+    tmp_path: Path, workers: str
+) -> None:
+    """Listening on 0.0.0.0 with a real token, a config edited to accept dev-token is refused
+    on SIGHUP by every process, and the running token stays the only one accepted."""
+    config = write_config(tmp_path / "config.yaml")
+    server = ServeProcess(
+        config, tmp_path / "serve.log", args=["--host", "0.0.0.0", "--workers", workers]
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            await server.wait_ready(session)
+            write_config(config, token="dev-token")
+            server.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while server.output().count("config reload refused") < int(workers):
+                assert time.monotonic() < deadline, server.output()
+                await asyncio.sleep(0.05)
+            statuses = []
+            for token in ("dev-token", TOKEN):
+                url = f"{server.url}/profile?email=ada@example.com&api_token={token}"
+                for _ in range(4):  # with two workers, either may answer
+                    async with session.get(url) as response:
+                        statuses.append((token, response.status))
+    finally:
+        server.stop()
+    assert set(statuses) == {("dev-token", 401), (TOKEN, 200)}
+    assert "public development token 'dev-token' while the proxy listens beyond loopback" in (
+        server.output()
+    )
 
 
 # -- HTTP guards, in one process and in each of two workers ---------------------------
