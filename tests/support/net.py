@@ -6,6 +6,8 @@ import socket
 
 from aiohttp import web
 
+from aggregator.samples.serving import serve
+
 # A fake upstream left with a sleeping handler must not hold a test's teardown for the
 # rest of that sleep: in-flight handlers get this long, then they are cancelled.
 SHUTDOWN_SECONDS = 0.1
@@ -44,11 +46,4 @@ async def serve_app(
 
     Handlers still running at cleanup are cancelled after ``shutdown_timeout`` seconds.
     """
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout)
