@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = [
+    "tests.support.net",
     "tests.support.redis_server",
     "tests.support.pg",
     "tests.support.fake_stripe",

@@ -63,12 +63,6 @@ class Upstream:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Callable[[Handler], Awaitable[Upstream]]]:
     servers: list[RawTestServer] = []
 

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
+import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -16,6 +18,13 @@ from aggregator.samples.serving import serve
 # A fake upstream left with a sleeping handler must not hold a test's teardown for the
 # rest of that sleep: in-flight handlers get this long, then they are cancelled.
 SHUTDOWN_SECONDS = 0.1
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, closed after the test."""
+    async with aiohttp.ClientSession() as client:
+        yield client
 
 
 def free_port() -> int:
