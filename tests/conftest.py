@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.support.upstreams",
     "tests.support.redis_cluster",
     "tests.support.vendors.stack",
+    "tests.support.scripted",
 ]
 
 FAULT_TOTALS = Path(__file__).parent / "artifacts" / "faults.txt"
