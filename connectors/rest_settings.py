@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aggregator.formats import FormatSpec, check_names
 from connectors.auth import Authenticator, RestAuth
@@ -25,10 +35,21 @@ from connectors.templating import (
 )
 
 _STEP_NAME = re.compile(r"[a-z0-9_]+")
+_Value = TypeVar("_Value")
 
 
-def _check_fields(value: dict[str, str] | None) -> dict[str, str] | None:
-    for name, expression in (value or {}).items():
+def _compiles(compile_: Callable[[Any], object]) -> AfterValidator:
+    """A validator that compiles the value (which raises ValueError when it is bad) and keeps it."""
+
+    def check(value: _Value) -> _Value:
+        compile_(value)
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_fields(value: dict[str, str]) -> dict[str, str]:
+    for name, expression in value.items():
         if not name:
             raise ValueError("fields: an output name is empty")
         compile_jmespath(expression)
@@ -43,11 +64,6 @@ def _check_formats(value: dict[str, str], info: ValidationInfo) -> dict[str, str
     return value
 
 
-FORMATS_HELP = (
-    "Output field -> display format (money:eur, money:@currency, cents:usd, date, datetime)"
-)
-
-
 def _check_headers(value: dict[str, str]) -> dict[str, str]:
     for name, text in value.items():
         if not name or any(c in name for c in "\r\n:") or any(c in text for c in "\r\n"):
@@ -56,95 +72,79 @@ def _check_headers(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+# Checked key types the first call and a ``then`` step share. The first call's url and body
+# take ``{email}``; a step's url and body, and ``link``, take ``{path}`` placeholders that read
+# the first call's selection.
+EmailUrl = Annotated[str, _compiles(UrlTemplate)]
+PathUrl = Annotated[str, _compiles(partial(UrlTemplate, paths=True))]
+EmailBody = Annotated[Any, _compiles(BodyTemplate)]
+PathBody = Annotated[Any, _compiles(partial(BodyTemplate, paths=True))]
+Select = Annotated[str, _compiles(SelectTemplate)]
+JMESPath = Annotated[str, _compiles(compile_jmespath)]
+Fields = Annotated[dict[str, str], AfterValidator(_check_fields)]
+Formats = Annotated[dict[str, FormatSpec], AfterValidator(_check_formats)]
+Headers = Annotated[dict[str, str], AfterValidator(_check_headers)]
+
+FORMATS_HELP = (
+    "Output field -> display format (money:eur, money:@currency, cents:usd, date, datetime)"
+)
+
+
 class StepSettings(BaseModel):
     """One ``then`` step: a further call fed by the first call's selected object."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field(description="URL template; {path} placeholders read the first selection.")
+    url: PathUrl = Field(description="URL template; {path} placeholders read the first selection.")
     method: Literal["GET", "POST"] = Field(default="GET", description="GET or POST.")
-    body: Any = Field(default=None, description="JSON body template (POST).")
-    select: str | None = Field(default=None, description="JMESPath choosing what to keep.")
-    fields: dict[str, str] | None = Field(
+    body: PathBody = Field(default=None, description="JSON body template (POST).")
+    select: Select | None = Field(default=None, description="JMESPath choosing what to keep.")
+    fields: Fields | None = Field(
         default=None, description="Output name -> JMESPath on the selected value."
     )
     max_items: int | None = Field(
         default=None, ge=0, description="Items of a selected list kept as numbered keys."
     )
-    count: str | None = Field(
+    count: JMESPath | None = Field(
         default=None,
         description="JMESPath on the step's whole answer giving <step>_count (a total).",
     )
-    formats: dict[str, FormatSpec] = Field(
+    formats: Formats = Field(
         default_factory=dict,
         description=FORMATS_HELP + ", applied to the step's fields or to each selected object.",
     )
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        UrlTemplate(value, paths=True)
-        return value
-
-    @field_validator("body")
-    @classmethod
-    def _check_body(cls, value: Any) -> Any:
-        BodyTemplate(value, paths=True)
-        return value
-
-    @field_validator("select")
-    @classmethod
-    def _check_select(cls, value: str | None) -> str | None:
-        if value is not None:
-            SelectTemplate(value)
-        return value
-
-    @field_validator("count")
-    @classmethod
-    def _check_count(cls, value: str | None) -> str | None:
-        if value is not None:
-            compile_jmespath(value)
-        return value
-
-    @field_validator("fields")
-    @classmethod
-    def _check_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _check_fields(value)
-
-    @field_validator("formats")
-    @classmethod
-    def _check_formats(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        return _check_formats(value, info)
 
 
 class RestSettings(ConnectorSettings):
     """Settings of a ``rest`` connector."""
 
     type: Literal["rest"] = "rest"
-    url: str = Field(description="http(s) URL template; {email} is replaced, percent-encoded.")
+    url: EmailUrl = Field(description="http(s) URL template; {email} is replaced, percent-encoded.")
     method: Literal["GET", "POST"] = Field(
         default="GET", description='POST sends body, or {"email": ...} without one.'
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every request.")
-    body: Any = Field(
+    headers: Headers = Field(default_factory=dict, description="Sent with every request.")
+    body: EmailBody = Field(
         default=None, description="JSON body (any value); placeholders are filled by data."
     )
     auth: RestAuth | None = Field(
         default=None, description="One of bearer, basic, header, query, oauth2."
     )
-    select: str | None = Field(default=None, description="JMESPath choosing the object to flatten.")
-    fields: dict[str, str] | None = Field(
+    select: Select | None = Field(
+        default=None, description="JMESPath choosing the object to flatten."
+    )
+    fields: Fields | None = Field(
         default=None,
         description="Output name -> JMESPath on the selected value; None values omitted.",
     )
-    formats: dict[str, FormatSpec] = Field(
+    formats: Formats = Field(
         default_factory=dict,
         description=FORMATS_HELP + ", applied to the first call's fields.",
     )
-    errors: str | None = Field(
+    errors: JMESPath | None = Field(
         default=None, description="JMESPath on the answer; a non-empty result is an error."
     )
-    link: str | None = Field(
+    link: PathUrl | None = Field(
         default=None, description="URL template of the record in the vendor's UI (<prefix>_url)."
     )
     then: dict[str, StepSettings] | None = Field(
@@ -155,39 +155,6 @@ class RestSettings(ConnectorSettings):
         default_factory=lambda: [404], description="Statuses meaning 'unknown customer'."
     )
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        UrlTemplate(value)
-        return value
-
-    @field_validator("link")
-    @classmethod
-    def _check_link(cls, value: str | None) -> str | None:
-        if value is not None:
-            UrlTemplate(value, paths=True)
-        return value
-
-    @field_validator("body")
-    @classmethod
-    def _check_body(cls, value: Any) -> Any:
-        BodyTemplate(value)
-        return value
-
-    @field_validator("select")
-    @classmethod
-    def _check_select(cls, value: str | None) -> str | None:
-        if value is not None:
-            SelectTemplate(value)
-        return value
-
-    @field_validator("errors")
-    @classmethod
-    def _check_errors(cls, value: str | None) -> str | None:
-        if value is not None:
-            compile_jmespath(value)
-        return value
-
     @field_validator("then")
     @classmethod
     def _check_then(cls, value: dict[str, StepSettings] | None) -> dict[str, StepSettings] | None:
@@ -195,21 +162,6 @@ class RestSettings(ConnectorSettings):
             if not _STEP_NAME.fullmatch(name):
                 raise ValueError(f"then: step name {name!r} may only contain a-z, 0-9 and '_'")
         return value
-
-    @field_validator("headers")
-    @classmethod
-    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_headers(value)
-
-    @field_validator("fields")
-    @classmethod
-    def _check_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _check_fields(value)
-
-    @field_validator("formats")
-    @classmethod
-    def _check_formats(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        return _check_formats(value, info)
 
     @model_validator(mode="after")
     def _check_whole(self) -> RestSettings:

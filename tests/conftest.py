@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = [
+    "tests.support.net",
     "tests.support.redis_server",
     "tests.support.pg",
     "tests.support.fake_stripe",
     "tests.support.upstreams",
     "tests.support.redis_cluster",
     "tests.support.vendors.stack",
+    "tests.support.scripted",
 ]
 
 FAULT_TOTALS = Path(__file__).parent / "artifacts" / "faults.txt"

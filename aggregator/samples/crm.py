@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aggregator.samples.serving import serve
+
 CONTACTS: dict[str, dict[str, Any]] = {
     "ada@example.com": {
         "id": "con_1001",
@@ -91,10 +93,7 @@ class SampleCrm:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: any free port); returns the base URL."""
-        self._runner = web.AppRunner(crm_app(self.token), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(crm_app(self.token), host, port)
         return self.url
 
     async def close(self) -> None:

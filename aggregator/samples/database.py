@@ -92,8 +92,8 @@ def _with_search_path(dsn: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-async def _create(admin_dsn: str) -> tuple[str, str, str]:
-    """Create a throwaway database (or, without the right to, a schema): (dsn, kind, name)."""
+async def _create(admin_dsn: str, origin: str) -> SampleDatabase:
+    """Create a throwaway database (or, without the right to, a schema) on ``admin_dsn``."""
     name = NAME_PREFIX + secrets.token_hex(4)
     conn = await asyncpg.connect(admin_dsn, timeout=10)
     try:
@@ -101,10 +101,11 @@ async def _create(admin_dsn: str) -> tuple[str, str, str]:
             await conn.execute(f'CREATE DATABASE "{name}"')
         except asyncpg.InsufficientPrivilegeError:
             await conn.execute(f'CREATE SCHEMA "{name}"')
-            return _with_search_path(admin_dsn, name), "schema", name
+            dsn = _with_search_path(admin_dsn, name)
+            return SampleDatabase(dsn, origin, name, "schema", admin_dsn)
     finally:
         await conn.close()
-    return _with_database(admin_dsn, name), "database", name
+    return SampleDatabase(_with_database(admin_dsn, name), origin, name, "database", admin_dsn)
 
 
 async def _drop(admin_dsn: str, kind: str, name: str) -> None:
@@ -140,34 +141,33 @@ def _start_embedded(root: Path) -> Any:
     return pgserver.get_server(root / "pgdata", cleanup_mode="delete")
 
 
+async def _embedded() -> SampleDatabase:
+    """An embedded PostgreSQL (pgserver) in a temporary directory, its own database used."""
+    root = Path(tempfile.mkdtemp(prefix="aggregator-demo-pg-"))
+    try:
+        server = await asyncio.to_thread(_start_embedded, root)
+        dsn = await asyncio.to_thread(server.get_uri)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    database = SampleDatabase(dsn, "embedded PostgreSQL (pgserver)", "", "server", dsn)
+    database._server, database._tempdir = server, root
+    return database
+
+
 async def open_sample_database(
     server_dsn: str | None = None, local_dsn: str = LOCAL_DSN
 ) -> SampleDatabase:
     """A seeded throwaway PostgreSQL database for the demo (see the module docstring)."""
     if server_dsn:
-        admin, origin = server_dsn, f"PostgreSQL at {where(server_dsn)} (--database-url)"
+        origin = f"PostgreSQL at {where(server_dsn)} (--database-url)"
+        database = await _create(server_dsn, origin)
     elif await answers(local_dsn):
-        admin, origin = local_dsn, f"PostgreSQL at {where(local_dsn)}"
+        database = await _create(local_dsn, f"PostgreSQL at {where(local_dsn)}")
     else:
-        root = Path(tempfile.mkdtemp(prefix="aggregator-demo-pg-"))
-        try:
-            server = await asyncio.to_thread(_start_embedded, root)
-            dsn = await asyncio.to_thread(server.get_uri)
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
-        database = SampleDatabase(dsn, "embedded PostgreSQL (pgserver)", "", "server", dsn)
-        database._server, database._tempdir = server, root
-        try:
-            await _seed(dsn)
-        except BaseException:
-            await database.close()
-            raise
-        return database
-    dsn, kind, name = await _create(admin)
-    database = SampleDatabase(dsn, origin, name, kind, admin)
+        database = await _embedded()
     try:
-        await _seed(dsn)
+        await _seed(database.dsn)
     except BaseException:
         await database.close()
         raise

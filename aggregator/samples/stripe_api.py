@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aggregator.samples.serving import serve
+
 JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LIVE_DEFAULT = frozenset({"active", "trialing", "past_due", "unpaid", "incomplete", "paused"})
@@ -529,12 +531,7 @@ class FakeStripe:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: any free port); returns the base URL."""
-        self.runner = web.AppRunner(self.app(), access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
-        await site.start()
-        bound = self.runner.addresses[0][1]
-        self.url = f"http://{host}:{bound}"
+        self.runner, self.url = await serve(self.app(), host, port)
         return self.url
 
     async def close(self) -> None:

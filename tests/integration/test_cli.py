@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,26 +12,8 @@ from aggregator.config import load_settings
 from aggregator.samples.stripe_api import FakeStripe
 from tests.support.pg import PgSchema
 from tests.support.proxy import TOKEN, running_proxy
+from tests.support.serve import ROOT, aggregator
 from tests.support.upstreams import FakeCrm
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def aggregator(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run ``python -m aggregator ARGS`` without blocking the event loop serving the fakes."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aggregator",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def write(path: Path, text: str) -> Path:

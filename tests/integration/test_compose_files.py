@@ -132,13 +132,6 @@ async def seeded_dsn(postgres_dsn: str) -> AsyncIterator[str]:
             await conn.close()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed after the test."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def connector_settings(settings: Settings, name: str) -> Any:
     """The settings of one enabled connector of the stack's config."""
     return dict(settings.enabled_connectors())[name]

@@ -6,18 +6,14 @@ references they follow)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 
-from tests.support.serve import ServeProcess
+from tests.support.serve import ServeProcess, aggregator
 from tests.support.vendors.stack import EMAIL, Stack
 
-ROOT = Path(__file__).resolve().parents[2]
 GROOVE_TOKEN = "e2e-groove-token-5f2a9c"
 
 
@@ -26,22 +22,6 @@ def write_config(tmp_path: Path, stack: Stack, *, merge: str = "") -> Path:
     head = f'auth: {{api_tokens: ["{GROOVE_TOKEN}"]}}\nserver: {{deadline: 5.0}}\n'
     path.write_text(head + merge + "\nconnectors:\n" + stack.connectors_yaml(), encoding="utf-8")
     return path
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aggregator",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_serve_answers_groove_from_every_preset(vendor_stack: Stack, tmp_path: Path) -> None:
@@ -109,7 +89,7 @@ async def test_check_exercises_auth_and_lists_colliding_keys(
     config = write_config(tmp_path, vendor_stack)
     env = {**vendor_stack.env(), "SALESFORCE_CLIENT_SECRET": "not-the-secret"}
 
-    code, out, err = await run_cli("check", "--config", str(config), env=env)
+    code, out, err = await aggregator("check", "--config", str(config), env=env, timeout=90)
 
     assert code == 1, out + err
     for name, kind in [
@@ -134,7 +114,7 @@ async def test_check_names_a_refused_bearer_token(vendor_stack: Stack, tmp_path:
     config = write_config(tmp_path, vendor_stack)
     env = {**vendor_stack.env(), "HUBSPOT_TOKEN": "pat-revoked"}
 
-    code, out, err = await run_cli("check", "--config", str(config), env=env)
+    code, out, err = await aggregator("check", "--config", str(config), env=env, timeout=90)
 
     assert code == 1
     assert "FAIL hubspot (hubspot): auth (bearer): HTTP 401" in out
@@ -145,8 +125,8 @@ async def test_preview_shows_each_step(vendor_stack: Stack, tmp_path: Path) -> N
     config = write_config(tmp_path, vendor_stack)
     vendor_stack.zendesk.fail_next(500, b"boom", path="/api/v2/users/12/tickets", times=5)
 
-    code, out, err = await run_cli(
-        "preview", EMAIL, "--config", str(config), env=vendor_stack.env()
+    code, out, err = await aggregator(
+        "preview", EMAIL, "--config", str(config), env=vendor_stack.env(), timeout=90
     )
 
     assert code == 0, err

@@ -17,9 +17,7 @@ import contextlib
 import gc
 import random
 import signal
-import socket
 import statistics
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -30,11 +28,10 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from aggregator.app import create_app
+from aggregator.config import Settings
 from tests.support.chaos import (
     ChaosUpstream,
     Kind,
@@ -45,6 +42,7 @@ from tests.support.chaos import (
 )
 from tests.support.pg import PgSchema, RestartablePostgres, create_schema, drop_schema
 from tests.support.proxy import TOKEN, running_proxy, settings_from
+from tests.support.raw_http import ThreadedApp, status_of
 from tests.support.redis_server import RedisProcess
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -531,76 +529,31 @@ async def test_a_record_of_keys_sanitizing_alike_does_not_stall_the_loop(
 # -- the fuzz test ---------------------------------------------------------------------
 
 
+@dataclass
 class ThreadedProxy:
     """The proxy and a healthy upstream served by an event loop in a thread of their own."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.upstream = ChaosUpstream()
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    def call(self, coro: Any) -> Any:
-        """Run a coroutine on the proxy's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def start(self) -> None:
-        """Start the loop, the upstream and the proxy."""
-        self.thread.start()
-        self.call(self._start())
-
-    async def _start(self) -> None:
-        await self.upstream.start()
-        settings = settings_from(
-            {"crm": {"type": "rest", "url": self.upstream.template, "select": "data[0]"}}
-        )
-        self.runner = web.AppRunner(create_app(settings), access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    def stop(self) -> None:
-        """Shut everything down and close the loop."""
-        self.call(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    async def _stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-        await self.upstream.close()
-
-    def exchange(self, request: bytes) -> bytes:
-        """Send raw bytes, return everything the proxy answers until it closes."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(request)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
+    app: ThreadedApp
+    upstream: ChaosUpstream
 
 
 @pytest.fixture(scope="module")
 def threaded_proxy() -> Iterator[ThreadedProxy]:
     """One proxy for every fuzz example."""
-    proxy = ThreadedProxy()
-    proxy.start()
+    upstream = ChaosUpstream()
+
+    async def build() -> Settings:
+        await upstream.start()
+        return settings_from(
+            {"crm": {"type": "rest", "url": upstream.template, "select": "data[0]"}}
+        )
+
+    proxy = ThreadedProxy(ThreadedApp(), upstream)
+    proxy.app.start(build)
     try:
         yield proxy
     finally:
-        proxy.stop()
-
-
-def status_of(answer: bytes) -> int | None:
-    """The status code of the first response in ``answer``; None when nothing came back."""
-    if not answer:
-        return None
-    line = answer.split(b"\r\n", 1)[0].split()
-    assert line[0].startswith(b"HTTP/1."), answer[:200]
-    return int(line[1])
+        proxy.app.stop(upstream.close)
 
 
 ALLOWED = {200, 400, 401, 404, 405, 413, 414, 431, None}
@@ -670,7 +623,7 @@ def test_fuzzed_profile_requests_never_get_a_5xx(
     threaded_proxy: ThreadedProxy, request: bytes
 ) -> None:
     before = len(threaded_proxy.upstream.seen)
-    status = status_of(threaded_proxy.exchange(request))
+    status = status_of(threaded_proxy.app.exchange(request, resets_fail=True))
     event(f"status {status}")
     assert status in ALLOWED, (status, request[:300])
     for path, query in threaded_proxy.upstream.seen[before:]:

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -299,12 +298,6 @@ class MountedConfigMap:
                 link.symlink_to(f"..data/{name}")
         if previous is not None:
             shutil.rmtree(self.directory / previous)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def test_a_configmap_update_is_reloaded_without_a_restart(

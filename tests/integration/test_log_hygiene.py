@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -30,10 +28,9 @@ from aggregator.logs import JsonFormatter, TextFormatter
 from tests.support.fake_stripe import FakeStripe
 from tests.support.net import free_port
 from tests.support.proxy import running_proxy
-from tests.support.serve import ServeProcess
+from tests.support.serve import ServeProcess, run_aggregator
 from tests.support.upstreams import FakeCrm, start_crm
 
-ROOT = Path(__file__).resolve().parents[2]
 CLOSED_PORT_DSN = "postgresql://postgres:{password}@127.0.0.1:{port}/nowhere"
 BROKEN_SQL = "SELECT plan FROM table_that_does_not_exist WHERE email = $1"
 
@@ -208,15 +205,7 @@ def raw_exchange(port: int, request: bytes) -> int:
 
 def run_cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m aggregator <args> --config <config>`` with its output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", *args, "--config", str(config)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_aggregator(*args, "--config", str(config), env=env)
 
 
 async def test_serve_and_cli_output_holds_no_secret_and_no_email(

@@ -93,12 +93,6 @@ async def server() -> AsyncIterator[TokenServer]:
     await fake.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def oauth(server: TokenServer, **extra: Any) -> dict[str, Any]:
     return {
         "token_url": f"{server.url}/oauth/token",

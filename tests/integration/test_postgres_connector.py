@@ -34,13 +34,6 @@ Factory = Callable[..., PostgresConnector]
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The app's shared HTTP session, as the engine passes it to ``open``."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 async def make_connector() -> AsyncIterator[Factory]:
     """Build connectors from config keys; every one is closed after the test."""
     made: list[PostgresConnector] = []

@@ -46,12 +46,6 @@ async def hubspot() -> AsyncIterator[FakeHubSpot]:
     await fake.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 async def connect(fake: FakeHubSpot, session: aiohttp.ClientSession, **extra: Any) -> Any:
     settings = {"type": "hubspot", "token": TOKEN, "api_base": fake.url, "retries": 1, **extra}
     return await open_preset("hubspot", settings, session)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from aggregator.errors import FatalError
@@ -44,12 +43,6 @@ async def intercom() -> AsyncIterator[FakeIntercom]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def connect(fake: FakeIntercom, session: Any, **extra: Any) -> Any:

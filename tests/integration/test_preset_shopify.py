@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from pydantic import SecretStr
 
@@ -36,12 +35,6 @@ async def shopify() -> AsyncIterator[FakeShopify]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def connect(fake: FakeShopify, session: Any, **extra: Any) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from aggregator.errors import FatalError
@@ -60,12 +59,6 @@ async def zendesk() -> AsyncIterator[FakeZendesk]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def connect(fake: FakeZendesk, session: Any, **extra: Any) -> Any:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from aggregator.errors import FatalError
 from connectors.rest import RestConnector, RestSettings, parse_retry_after
 from tests.support.net import free_port
+from tests.support.scripted import Make
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -63,12 +63,6 @@ class Upstream:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Callable[[Handler], Awaitable[Upstream]]]:
     servers: list[RawTestServer] = []
 
@@ -82,23 +76,6 @@ async def upstream() -> AsyncIterator[Callable[[Handler], Awaitable[Upstream]]]:
     yield start
     for server in servers:
         await server.close()
-
-
-@pytest.fixture
-async def connector(
-    session: aiohttp.ClientSession,
-) -> AsyncIterator[Callable[..., Awaitable[RestConnector]]]:
-    made: list[RestConnector] = []
-
-    async def make(**settings: Any) -> RestConnector:
-        conn = RestConnector("crm", RestSettings(type="rest", **settings))
-        await conn.open(session)
-        made.append(conn)
-        return conn
-
-    yield make
-    for conn in made:
-        await conn.close()
 
 
 def answer(body: Any = None, status: int = 200, **headers: str) -> Handler:
@@ -115,9 +92,9 @@ def answer(body: Any = None, status: int = 200, **headers: str) -> Handler:
 CONTACT = {"id": 7, "plan": {"name": "Pro", "seats": 5}, "tags": ["vip", "beta"]}
 
 
-async def test_found_contact_selected(upstream: Any, connector: Any) -> None:
+async def test_found_contact_selected(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"data": [CONTACT, {"id": 8}], "meta": {"total": 2}}))
-    conn = await connector(url=up.url("/contacts?email={email}"), select="data[0]")
+    conn = await make(url=up.url("/contacts?email={email}"), select="data[0]")
 
     outcome = await conn.fetch("ann@example.com")
 
@@ -126,9 +103,9 @@ async def test_found_contact_selected(upstream: Any, connector: Any) -> None:
     assert up.seen[0].query == {"email": "ann@example.com"}
 
 
-async def test_fields_mapping_picks_and_renames(upstream: Any, connector: Any) -> None:
+async def test_fields_mapping_picks_and_renames(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"data": [CONTACT]}))
-    conn = await connector(
+    conn = await make(
         url=up.url("/contacts?email={email}"),
         select="data[0]",
         fields={"plan": "plan.name", "seats": "plan.seats", "first_tag": "tags[0]", "x": "nope"},
@@ -140,27 +117,27 @@ async def test_fields_mapping_picks_and_renames(upstream: Any, connector: Any) -
     assert outcome.fields == {"plan": "Pro", "seats": 5, "first_tag": "vip"}
 
 
-async def test_fields_mapping_may_pick_from_a_list(upstream: Any, connector: Any) -> None:
+async def test_fields_mapping_may_pick_from_a_list(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"orders": [{"n": 1}, {"n": 2}]}))
-    conn = await connector(
+    conn = await make(
         url=up.url("/o?email={email}"), select="orders", fields={"orders": "length(@)"}
     )
 
     assert (await conn.fetch("ann@example.com")).fields == {"orders": 2}
 
 
-async def test_selected_scalar_without_fields_is_an_error(upstream: Any, connector: Any) -> None:
+async def test_selected_scalar_without_fields_is_an_error(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"data": [{"name": "Ann"}]}))
-    conn = await connector(url=up.url("/c?email={email}"), select="data[0].name")
+    conn = await make(url=up.url("/c?email={email}"), select="data[0].name")
 
     outcome = await conn.fetch("ann@example.com")
 
     assert (outcome.status, outcome.detail) == ("error", "FatalError")
 
 
-async def test_404_is_an_unknown_customer(upstream: Any, connector: Any) -> None:
+async def test_404_is_an_unknown_customer(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"error": "no such contact"}, status=404))
-    conn = await connector(url=up.url("/c?email={email}"), circuit_failures=1)
+    conn = await make(url=up.url("/c?email={email}"), circuit_failures=1)
 
     outcome = await conn.fetch("nobody@example.com")
 
@@ -169,9 +146,9 @@ async def test_404_is_an_unknown_customer(upstream: Any, connector: Any) -> None
     assert conn.circuit.state == "closed"
 
 
-async def test_custom_not_found_status(upstream: Any, connector: Any) -> None:
+async def test_custom_not_found_status(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"error": "gone"}, status=410))
-    conn = await connector(url=up.url("/c?email={email}"), not_found_statuses=[404, 410])
+    conn = await make(url=up.url("/c?email={email}"), not_found_statuses=[404, 410])
 
     assert (await conn.fetch("nobody@example.com")).status == "not_found"
 
@@ -181,19 +158,19 @@ async def test_custom_not_found_status(upstream: Any, connector: Any) -> None:
     [({"data": []}, "data[0]"), ({"data": [{}]}, "data[0]"), ({"data": []}, "data"), (None, None)],
 )
 async def test_empty_selection_is_not_found(
-    upstream: Any, connector: Any, body: Any, select: str | None
+    upstream: Any, make: Make, body: Any, select: str | None
 ) -> None:
     up = await upstream(answer(body))
-    conn = await connector(url=up.url("/c?email={email}"), select=select)
+    conn = await make(url=up.url("/c?email={email}"), select=select)
 
     outcome = await conn.fetch("nobody@example.com")
 
     assert (outcome.status, outcome.fields) == ("not_found", None)
 
 
-async def test_500_is_retried_then_an_error(upstream: Any, connector: Any) -> None:
+async def test_500_is_retried_then_an_error(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"error": "boom"}, status=500))
-    conn = await connector(url=up.url("/c?email={email}"), retries=2, timeout=5.0)
+    conn = await make(url=up.url("/c?email={email}"), retries=2, timeout=5.0)
 
     outcome = await conn.fetch("ann@example.com")
 
@@ -202,14 +179,14 @@ async def test_500_is_retried_then_an_error(upstream: Any, connector: Any) -> No
     assert outcome.attempts == 3
 
 
-async def test_429_with_retry_after_then_ok(upstream: Any, connector: Any) -> None:
+async def test_429_with_retry_after_then_ok(upstream: Any, make: Make) -> None:
     replies = [answer({"error": "slow down"}, status=429, **{"Retry-After": "0"}), answer(CONTACT)]
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         return await replies.pop(0)(request)
 
     up = await upstream(handle)
-    conn = await connector(url=up.url("/c?email={email}"), retries=1)
+    conn = await make(url=up.url("/c?email={email}"), retries=1)
 
     outcome = await conn.fetch("ann@example.com")
 
@@ -217,24 +194,22 @@ async def test_429_with_retry_after_then_ok(upstream: Any, connector: Any) -> No
     assert len(up.seen) == 2
 
 
-async def test_retry_after_too_long_for_the_budget_is_not_waited(
-    upstream: Any, connector: Any
-) -> None:
+async def test_retry_after_too_long_for_the_budget_is_not_waited(upstream: Any, make: Make) -> None:
     up = await upstream(answer({}, status=503, **{"Retry-After": "120"}))
-    conn = await connector(url=up.url("/c?email={email}"), retries=3, timeout=1.0)
+    conn = await make(url=up.url("/c?email={email}"), retries=3, timeout=1.0)
 
     outcome = await conn.fetch("ann@example.com")
 
     assert (outcome.status, len(up.seen)) == ("error", 1)
 
 
-async def test_slow_upstream_times_out(upstream: Any, connector: Any) -> None:
+async def test_slow_upstream_times_out(upstream: Any, make: Make) -> None:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         await asyncio.sleep(10)
         return web.json_response(CONTACT)
 
     up = await upstream(handle)
-    conn = await connector(url=up.url("/c?email={email}"), timeout=0.3)
+    conn = await make(url=up.url("/c?email={email}"), timeout=0.3)
 
     started = time.monotonic()
     outcome = await conn.fetch("ann@example.com")
@@ -244,11 +219,9 @@ async def test_slow_upstream_times_out(upstream: Any, connector: Any) -> None:
 
 
 @pytest.mark.parametrize("body", [b"<html>Sign in</html>", b"", b'{"data": ['])
-async def test_body_that_is_not_json_is_an_error(
-    upstream: Any, connector: Any, body: bytes
-) -> None:
+async def test_body_that_is_not_json_is_an_error(upstream: Any, make: Make, body: bytes) -> None:
     up = await upstream(answer(body))
-    conn = await connector(url=up.url("/c?email={email}"), retries=3)
+    conn = await make(url=up.url("/c?email={email}"), retries=3)
 
     outcome = await conn.fetch("ann@example.com")
 
@@ -257,9 +230,7 @@ async def test_body_that_is_not_json_is_an_error(
 
 
 @pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
-async def test_oversize_body_is_cut_short(
-    upstream: Any, connector: Any, declare_length: bool
-) -> None:
+async def test_oversize_body_is_cut_short(upstream: Any, make: Make, declare_length: bool) -> None:
     chunk, chunks = b" " * 65536, 80  # 5 MiB of JSON whitespace
     progress: dict[str, int | bool] = {"sent": 0, "finished": False}
     handler_done = asyncio.Event()
@@ -281,7 +252,7 @@ async def test_oversize_body_is_cut_short(
         return resp
 
     up = await upstream(handle)
-    conn = await connector(url=up.url("/c?email={email}"), max_body_bytes=65536, timeout=10.0)
+    conn = await make(url=up.url("/c?email={email}"), max_body_bytes=65536, timeout=10.0)
 
     outcome = await conn.fetch("ann@example.com")
 
@@ -291,17 +262,17 @@ async def test_oversize_body_is_cut_short(
     assert int(progress["sent"]) < chunks
 
 
-async def test_connection_refused_is_unavailable(connector: Any) -> None:
-    conn = await connector(url=f"http://127.0.0.1:{free_port()}/c?email={{email}}")
+async def test_connection_refused_is_unavailable(make: Make) -> None:
+    conn = await make(url=f"http://127.0.0.1:{free_port()}/c?email={{email}}")
 
     outcome = await conn.fetch("ann@example.com")
 
     assert (outcome.status, outcome.fields) == ("unavailable", None)
 
 
-async def test_headers_reach_the_upstream(upstream: Any, connector: Any) -> None:
+async def test_headers_reach_the_upstream(upstream: Any, make: Make) -> None:
     up = await upstream(answer(CONTACT))
-    conn = await connector(
+    conn = await make(
         url=up.url("/c?email={email}"),
         headers={"Authorization": "Bearer s3cret-token", "X-Tenant": "acme"},
     )
@@ -311,9 +282,9 @@ async def test_headers_reach_the_upstream(upstream: Any, connector: Any) -> None
     assert up.seen[0].headers["X-Tenant"] == "acme"
 
 
-async def test_post_sends_the_email_as_json(upstream: Any, connector: Any) -> None:
+async def test_post_sends_the_email_as_json(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"contact": CONTACT}))
-    conn = await connector(url=up.url("/search"), method="POST", select="contact")
+    conn = await make(url=up.url("/search"), method="POST", select="contact")
 
     outcome = await conn.fetch("ann@example.com")
 
@@ -334,11 +305,9 @@ CRAFTED = [
 
 
 @pytest.mark.parametrize("address", CRAFTED)
-async def test_crafted_email_stays_one_query_value(
-    upstream: Any, connector: Any, address: str
-) -> None:
+async def test_crafted_email_stays_one_query_value(upstream: Any, make: Make, address: str) -> None:
     up = await upstream(answer(CONTACT))
-    conn = await connector(url=up.url("/api/v1/contacts?email={email}&fmt={json}"))
+    conn = await make(url=up.url("/api/v1/contacts?email={email}&fmt={json}"))
 
     assert (await conn.fetch(address)).status == "ok"
     seen = up.seen[0]
@@ -349,10 +318,10 @@ async def test_crafted_email_stays_one_query_value(
 
 @pytest.mark.parametrize("address", CRAFTED)
 async def test_crafted_email_stays_one_path_segment(
-    upstream: Any, connector: Any, address: str
+    upstream: Any, make: Make, address: str
 ) -> None:
     up = await upstream(answer(CONTACT))
-    conn = await connector(url=up.url("/contacts/{email}/profile"))
+    conn = await make(url=up.url("/contacts/{email}/profile"))
 
     assert (await conn.fetch(address)).status == "ok"
     segments = up.seen[0].raw_path.split("/")
@@ -362,11 +331,9 @@ async def test_crafted_email_stays_one_path_segment(
     assert up.seen[0].query == {}
 
 
-async def test_circuit_opens_and_then_answers_without_upstream(
-    upstream: Any, connector: Any
-) -> None:
+async def test_circuit_opens_and_then_answers_without_upstream(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"error": "down"}, status=503))
-    conn = await connector(url=up.url("/c?email={email}"), retries=0, circuit_failures=3)
+    conn = await make(url=up.url("/c?email={email}"), retries=0, circuit_failures=3)
 
     failures = [await conn.fetch("ann@example.com") for _ in range(3)]
     after = await conn.fetch("ann@example.com")
@@ -376,11 +343,9 @@ async def test_circuit_opens_and_then_answers_without_upstream(
     assert len(up.seen) == 3
 
 
-async def test_check_names_an_auth_failure_without_the_secret(
-    upstream: Any, connector: Any
-) -> None:
+async def test_check_names_an_auth_failure_without_the_secret(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"error": "bad token"}, status=401))
-    conn = await connector(
+    conn = await make(
         url=up.url("/c?email={email}"), headers={"Authorization": "Bearer s3cret-token"}
     )
 
@@ -389,9 +354,9 @@ async def test_check_names_an_auth_failure_without_the_secret(
     assert "s3cret" not in str(info.value)
 
 
-async def test_check_accepts_an_unknown_probe_email(upstream: Any, connector: Any) -> None:
+async def test_check_accepts_an_unknown_probe_email(upstream: Any, make: Make) -> None:
     up = await upstream(answer({"error": "no such contact"}, status=404))
-    conn = await connector(url=up.url("/c?email={email}"))
+    conn = await make(url=up.url("/c?email={email}"))
 
     await conn.check()
     assert len(up.seen) == 1

@@ -8,54 +8,19 @@ import base64
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
 from aggregator.emails import parse_email
-from connectors.rest import RestConnector, RestSettings
-from tests.support.vendors.base import Handler, Scripted, reply
-
-Start = Callable[[Handler], Awaitable[Scripted]]
-Make = Callable[..., Awaitable[RestConnector]]
+from connectors.rest import RestSettings
+from tests.support.scripted import Make, Start
+from tests.support.vendors.base import Handler, reply
 
 HOSTILE = ["o'brien+vip@example.com", 'a"b\\c@example.com', "x`y{email}z@example.com"]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Start]:
-    servers: list[Scripted] = []
-
-    async def start(handler: Handler) -> Scripted:
-        server = Scripted(handler)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    async with aiohttp.ClientSession() as session:
-        made: list[RestConnector] = []
-
-        async def build(**settings: Any) -> RestConnector:
-            conn = RestConnector("crm", RestSettings(type="rest", **settings))
-            await conn.open(session)
-            made.append(conn)
-            return conn
-
-        yield build
-        for conn in made:
-            await conn.close()
 
 
 @pytest.mark.parametrize("address", HOSTILE)

@@ -9,23 +9,17 @@ that are not among ``fields``, are refused when the config loads, at their line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
 import aiohttp
 import pytest
 from aiohttp import web
 
 from aggregator.config import parse_settings
 from aggregator.errors import ConfigError
-from connectors.rest import RestConnector, RestSettings
 from tests.support.proxy import running_proxy, settings_from
-from tests.support.vendors.base import Handler, Scripted, open_preset, reply
+from tests.support.scripted import Make, Start
+from tests.support.vendors.base import Handler, open_preset, reply
 from tests.support.vendors.hubspot import TOKEN as HUBSPOT_TOKEN
 from tests.support.vendors.hubspot import FakeHubSpot
-
-Start = Callable[[Handler], Awaitable[Scripted]]
-Make = Callable[..., Awaitable[RestConnector]]
 
 CONTACT = {
     "id": 7,
@@ -38,37 +32,6 @@ CONTACT = {
     "seen": "2024-05-01T14:00:00+02:00",
     "notes": "n/a",
 }
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Start]:
-    servers: list[Scripted] = []
-
-    async def start(handler: Handler) -> Scripted:
-        server = Scripted(handler)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    async with aiohttp.ClientSession() as session:
-        made: list[RestConnector] = []
-
-        async def build(**settings: Any) -> RestConnector:
-            conn = RestConnector("crm", RestSettings(type="rest", **settings))
-            await conn.open(session)
-            made.append(conn)
-            return conn
-
-        yield build
-        for conn in made:
-            await conn.close()
 
 
 def _router(routes: dict[str, Handler]) -> Handler:

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.serve import ROOT, ServeProcess
+from tests.support.serve import ROOT, ServeProcess, run_aggregator
 
 TOKEN = "serve-test-token-0123456789"
 
@@ -40,18 +40,6 @@ def write_config(path: Path, *, token: str = TOKEN, server: str = "") -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
 async def raw_exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` on a fresh connection and read until the server closes it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -69,7 +57,7 @@ def test_a_port_in_use_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("serve", "--config", str(config), "--port", str(port))
+        result = run_aggregator("serve", "--config", str(config), "--port", str(port))
     assert result.returncode == 1
     assert f"port {port} is in use" in result.stderr
     assert "serving on" not in result.stderr

@@ -4,17 +4,13 @@ prepared, rest ``fields``); the preview page shows each rest step's status."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 from tests.support.net import free_port
 from tests.support.pg import PgSchema
 from tests.support.proxy import TOKEN, running_proxy, settings_from
+from tests.support.serve import aggregator
 from tests.support.upstreams import FakeCrm
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_check_lists_a_column_and_a_field_sharing_the_empty_prefix(
@@ -39,22 +35,10 @@ connectors:
 """,
         encoding="utf-8",
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aggregator",
-        "check",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "DSN": pg_schema.dsn},
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    code, out, err = await aggregator("check", "--config", str(config), env={"DSN": pg_schema.dsn})
 
-    assert process.returncode == 0, out.decode() + err.decode()
-    lines = out.decode().splitlines()
+    assert code == 0, out + err
+    lines = out.splitlines()
     assert "  plan: db keeps it; crm's is crm_plan" in lines
     assert not any("seats" in line or "tags:" in line for line in lines)
 

@@ -3,9 +3,6 @@ the keys it shares with a connector of the same prefix (rest ``fields`` here).""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -13,10 +10,10 @@ import aiohttp
 from connectors.stripe import StripeConnector, StripeSettings
 from tests.support.fake_stripe import ScriptedStripe
 from tests.support.proxy import TOKEN
+from tests.support.serve import aggregator
 from tests.support.stripe_objects import T0, StripeObjects
 from tests.support.vendors.base import flat_keys
 
-ROOT = Path(__file__).resolve().parents[2]
 EMAIL = "ada@example.com"
 
 
@@ -62,22 +59,10 @@ connectors:
 """,
         encoding="utf-8",
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aggregator",
-        "check",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ),
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    code, out, err = await aggregator("check", "--config", str(config))
 
-    assert process.returncode == 0, out.decode() + err.decode()
-    lines = out.decode().splitlines()
+    assert code == 0, out + err
+    lines = out.splitlines()
     assert "  acct_id: billing keeps it; crm's is crm_acct_id" in lines
     assert "  acct_balance: billing keeps it; crm's is crm_acct_balance" in lines
     assert not any("owner" in line for line in lines)

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import random
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -25,6 +25,7 @@ from aiohttp import web
 
 from aggregator.samples.stripe_api import Handler
 from tests.support.fake_stripe import Failure, FakeStripe, ScriptedStripe, gzip_bomb
+from tests.support.net import LocalServer, started
 
 Kind = Literal[
     "ok", "delay", "reset", "http500", "http429", "bad_json", "endless", "huge", "alike_keys"
@@ -78,8 +79,7 @@ class ChaosUpstream:
             raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
         self._random = random.Random(self.seed)
         self._script: deque[Kind] = deque()
-        self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server = LocalServer()
 
     @property
     def template(self) -> str:
@@ -113,18 +113,11 @@ class ChaosUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one request with the next kind."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            email = request.query.get("email", "")
-            self.seen.append((request.path, list(request.query.items())))
-            kind = self.next_kind()
-            self.counts[kind] += 1
-            return await self._answer(kind, email, request)
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
+        email = request.query.get("email", "")
+        self.seen.append((request.path, list(request.query.items())))
+        kind = self.next_kind()
+        self.counts[kind] += 1
+        return await self._answer(kind, email, request)
 
     async def _answer(self, kind: Kind, email: str, request: web.Request) -> web.StreamResponse:
         body = orjson.dumps({"data": [default_fields(email)]})
@@ -147,54 +140,41 @@ class ChaosUpstream:
             return web.Response(body=b'{"data": [{"tier": "go', content_type="application/json")
         if kind == "alike_keys":
             return web.Response(body=_ALIKE_BODY, content_type="application/json")
-        return await self._stream(request, endless=kind == "endless")
-
-    async def _stream(self, request: web.Request, *, endless: bool) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        if not endless:
-            response.content_length = HUGE_BYTES
-        with contextlib.suppress(ConnectionError):
-            await response.prepare(request)
-            await response.write(b'{"data": [{"padding": "')
-            sent = 0
-            while endless or sent < HUGE_BYTES:
-                await response.write(_CHUNK)
-                sent += len(_CHUNK)
-        return response
+        return await padded_stream(request, b'{"data": [{"padding": "', endless=kind == "endless")
 
     async def start(self) -> str:
         """Serve on 127.0.0.1 on a free port; returns the base URL."""
-        app = web.Application()
-        app.router.add_get("/contacts", self.handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = await self._server.serve([web.get("/contacts", self.handle)])
         return self.url
 
     async def close(self) -> None:
         """Stop serving; handlers still delaying or streaming are cancelled."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.close()
 
 
-@asynccontextmanager
-async def running_chaos(
+async def padded_stream(
+    request: web.Request, opening: bytes, *, endless: bool
+) -> web.StreamResponse:
+    """A JSON body that opens a string (``opening`` ends with its quote) and pads it with
+    ``HUGE_BYTES`` (declared as the length), or for ever; until the client hangs up."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    if not endless:
+        response.content_length = HUGE_BYTES
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write(opening)
+        sent = 0
+        while endless or sent < HUGE_BYTES:
+            await response.write(_CHUNK)
+            sent += len(_CHUNK)
+    return response
+
+
+def running_chaos(
     weights: Mapping[Kind, float] | None = None, **options: Any
-) -> AsyncIterator[ChaosUpstream]:
+) -> AbstractAsyncContextManager[ChaosUpstream]:
     """A started ChaosUpstream, closed on exit."""
-    upstream = ChaosUpstream(weights=dict(weights or {"ok": 1.0}), **options)
-    await upstream.start()
-    try:
-        yield upstream
-    finally:
-        await upstream.close()
+    return started(ChaosUpstream(weights=dict(weights or {"ok": 1.0}), **options))
 
 
 # -- a Stripe-shaped chaos upstream ------------------------------------------------------
@@ -284,14 +264,8 @@ class StripeChaos(ScriptedStripe):
         return await self.injected(request, failure)
 
 
-@asynccontextmanager
-async def running_stripe_chaos(
+def running_stripe_chaos(
     weights: Mapping[StripeKind, float] | None = None, seed: int = 0
-) -> AsyncIterator[StripeChaos]:
+) -> AbstractAsyncContextManager[StripeChaos]:
     """A started StripeChaos (an empty account), closed on exit."""
-    chaos = StripeChaos(weights, seed)
-    await chaos.start()
-    try:
-        yield chaos
-    finally:
-        await chaos.close()
+    return started(StripeChaos(weights, seed))

@@ -31,6 +31,7 @@ from aggregator.samples.stripe_api import (
     Handler,
     start_fake_stripe,
 )
+from tests.support.net import started
 
 __all__ = [
     "BASE_TIME",
@@ -213,9 +214,5 @@ class ScriptedStripe(FakeStripe):
 @pytest_asyncio.fixture
 async def fake_stripe() -> AsyncIterator[ScriptedStripe]:
     """An empty fake Stripe account served on 127.0.0.1, with failure switches."""
-    fake = ScriptedStripe()
-    await fake.start()
-    try:
+    async with started(ScriptedStripe()) as fake:
         yield fake
-    finally:
-        await fake.close()

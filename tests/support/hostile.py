@@ -10,40 +10,33 @@ names (``STRIPE_KINDS``) and every other request as the (empty) account would.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import get_args
 
 import orjson
 from aiohttp import web
 
-from tests.support.chaos import ALIKE_KEYS, StripeChaos, StripeKind, alike_record
+from tests.support.chaos import ALIKE_KEYS, StripeChaos, StripeKind, alike_record, padded_stream
+from tests.support.chaos import STRIPE_KINDS as CHAOS_STRIPE_KINDS
+from tests.support.fake_stripe import Hostile
+from tests.support.net import LocalServer, started
 from tests.support.pg import PgSchema
 
 WIDE_KEYS = 60_000
 DEEP_LEVELS = 1_000
-HUGE_BYTES = 50 * 1024 * 1024
 BOMB_BYTES = 1024 * 1024 * 1024
 ENDLESS_ROWS = 3_000_000
 HUGE_TEXT_CHARS = 5 * 1024 * 1024
-_CHUNK = b"x" * (64 * 1024)
 
 KINDS = ("alike", "wide", "deep", "huge", "endless", "bomb")
 """What the hostile API sends, by the local part of the email asked for."""
 
-STRIPE_KINDS: tuple[StripeKind, ...] = (
-    "huge",
-    "huge_declared",
-    "gzip_bomb",
-    "endless",
-    "trickle",
-    "cut",
-    "redirect",
+STRIPE_KINDS: tuple[StripeKind, ...] = tuple(
+    kind for kind in CHAOS_STRIPE_KINDS if kind in get_args(Hostile)
 )
-"""What the hostile Stripe sends to ``stripe_<kind>@...``."""
+"""What the hostile Stripe sends to ``stripe_<kind>@...``: the chaos kinds that are hostile
+answers (huge, huge_declared, gzip_bomb, endless, trickle, cut, redirect)."""
 
 
 def deep_json(levels: int = DEEP_LEVELS) -> bytes:
@@ -68,8 +61,7 @@ class HostileApi:
     def __init__(self) -> None:
         self.url = ""
         self.served: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server = LocalServer()
         self._bodies = {
             "alike": orjson.dumps(alike_record(ALIKE_KEYS)),
             "wide": orjson.dumps({f"f{i}": i for i in range(WIDE_KEYS)}),
@@ -84,67 +76,29 @@ class HostileApi:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer with the body the email's local part names."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            kind = request.query.get("email", "").partition("@")[0].partition("+")[0]
-            if kind not in KINDS:
-                return web.json_response({"tier": "gold"})
-            self.served[kind] += 1
-            if kind in self._bodies:
-                return web.Response(body=self._bodies[kind], content_type="application/json")
-            if kind == "bomb":
-                headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
-                return web.Response(body=self._bomb, headers=headers)
-            return await self._stream(request, endless=kind == "endless")
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-
-    async def _stream(self, request: web.Request, *, endless: bool) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        if not endless:
-            response.content_length = HUGE_BYTES
-        with contextlib.suppress(ConnectionError):
-            await response.prepare(request)
-            await response.write(b'{"padding": "')
-            sent = 0
-            while endless or sent < HUGE_BYTES:
-                await response.write(_CHUNK)
-                sent += len(_CHUNK)
-        return response
+        kind = request.query.get("email", "").partition("@")[0].partition("+")[0]
+        if kind not in KINDS:
+            return web.json_response({"tier": "gold"})
+        self.served[kind] += 1
+        if kind in self._bodies:
+            return web.Response(body=self._bodies[kind], content_type="application/json")
+        if kind == "bomb":
+            headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+            return web.Response(body=self._bomb, headers=headers)
+        return await padded_stream(request, b'{"padding": "', endless=kind == "endless")
 
     async def start(self) -> None:
         """Serve on 127.0.0.1 on a free port."""
-        app = web.Application()
-        app.router.add_get("/contacts", self.handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = await self._server.serve([web.get("/contacts", self.handle)])
 
     async def close(self) -> None:
         """Stop serving; streams still running are cancelled."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.close()
 
 
-@asynccontextmanager
-async def running_hostile_api() -> AsyncIterator[HostileApi]:
+def running_hostile_api() -> AbstractAsyncContextManager[HostileApi]:
     """A started HostileApi, closed on exit."""
-    api = HostileApi()
-    await api.start()
-    try:
-        yield api
-    finally:
-        await api.close()
+    return started(HostileApi())
 
 
 class HostileStripe(StripeChaos):
@@ -159,15 +113,9 @@ class HostileStripe(StripeChaos):
         return "ok"
 
 
-@asynccontextmanager
-async def running_hostile_stripe() -> AsyncIterator[HostileStripe]:
+def running_hostile_stripe() -> AbstractAsyncContextManager[HostileStripe]:
     """A started HostileStripe (with its decoy origin), closed on exit."""
-    stripe = HostileStripe()
-    await stripe.start()
-    try:
-        yield stripe
-    finally:
-        await stripe.close()
+    return started(HostileStripe())
 
 
 HOSTILE_QUERIES = {

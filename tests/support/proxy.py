@@ -14,6 +14,7 @@ from aiohttp import web
 
 from aggregator.app import create_app
 from aggregator.config import Settings, parse_settings
+from aggregator.samples.serving import serve
 
 TOKEN = "test-token-0123456789"
 
@@ -73,13 +74,9 @@ async def running_proxy(
     ``clock`` dates cached profiles: a FakeClock lets a test age them without sleeping.
     """
     app = create_app(settings, clock=clock)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, url = await serve(app)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Proxy(f"http://127.0.0.1:{port}", session, app)
+            yield Proxy(url, session, app)
     finally:
         await runner.cleanup()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from aggregator.app import create_app
 from aggregator.config import Settings
+from aggregator.samples.serving import serve
 
 T = TypeVar("T")
 
@@ -38,10 +39,7 @@ class ThreadedApp:
         self.call(self._start(settings))
 
     async def _start(self, settings: Callable[[], Coroutine[Any, Any, Settings]]) -> None:
-        self.runner = web.AppRunner(create_app(await settings()), access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
+        self.runner, _ = await serve(create_app(await settings()))
         self.port = self.runner.addresses[0][1]
 
     def stop(self, *closers: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -57,10 +55,11 @@ class ThreadedApp:
         for close in closers:
             await close()
 
-    def exchange(self, request: bytes, timeout: float = 10) -> bytes:
+    def exchange(self, request: bytes, timeout: float = 10, *, resets_fail: bool = False) -> bytes:
         """Send raw bytes, return everything answered until the server closes.
 
-        Send ``Connection: close``; the server then closes once it has answered.
+        Send ``Connection: close``; the server then closes once it has answered. A reset
+        connection ends the answer too, unless ``resets_fail`` (then it raises).
         """
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(request)
@@ -69,7 +68,8 @@ class ThreadedApp:
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
             except ConnectionResetError:
-                pass
+                if resets_fail:
+                    raise
         return b"".join(chunks)
 
 

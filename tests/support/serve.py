@@ -1,4 +1,6 @@
-"""A real ``python -m aggregator serve`` process on its own port, for tests."""
+"""The command line as a real process, for tests: ``python -m aggregator serve`` on its own
+port (``ServeProcess``), and any other command run to its end (``run_aggregator``,
+``aggregator``)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,40 @@ import pytest
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVE = (sys.executable, "-m", "aggregator", "serve")
+CLI = (sys.executable, "-m", "aggregator")
+SERVE = (*CLI, "serve")
+
+
+def run_aggregator(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m aggregator ARGS`` (``env`` added to this one's), its output captured."""
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+async def aggregator(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """``run_aggregator`` without blocking the event loop serving the fakes: (code, out, err)."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 class ServeProcess:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import ClassVar
 
 import aiohttp
@@ -54,12 +54,6 @@ def tracked_types(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     points = {"tracked": f"{__name__}:Tracked", "fails": f"{__name__}:FailsToOpen"}
     with entry_points(monkeypatch, points):
         yield
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def parts(events: list[str], *names: str) -> tuple[RecordingStore, tuple[ScriptedConnector, ...]]:

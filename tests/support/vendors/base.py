@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
+from aggregator.samples.serving import serve
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -113,11 +115,7 @@ class VendorServer:
         """Serve on a free loopback port; returns the base URL."""
         app = web.Application(middlewares=[self._record])
         self.routes(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(app)
         return self.url
 
     async def stop(self) -> None:
