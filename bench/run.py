@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import instructions
 import orjson
 import yaml
 
@@ -44,6 +47,8 @@ PY = sys.executable
 TOKEN = "bench-token-" + uuid.uuid4().hex[:12]
 SLOWEST_UPSTREAM_MS = 80.0
 FANOUT_DELAYS = "0.02,0.05,0.08"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPU_TARGET = 1.10
 
 
 @dataclass
@@ -69,10 +74,12 @@ class Profile:
     memory_requests: int
     memory_emails: int
     profile_seconds: float
+    rounds: int
+    round_seconds: float
 
 
-FULL = Profile(10.0, 2.0, 2000, 100_000, 50_000, 8.0)
-QUICK = Profile(3.0, 1.0, 500, 20_000, 15_000, 3.0)
+FULL = Profile(10.0, 2.0, 2000, 100_000, 50_000, 8.0, 10, 3.0)
+QUICK = Profile(3.0, 1.0, 500, 20_000, 15_000, 3.0, 4, 2.0)
 
 
 class Bench:
@@ -125,16 +132,25 @@ class Bench:
         for proc in list(reversed(self.procs)):
             self.stop(proc)
 
-    def start_script(self, *args: str, core: int | None = 1) -> tuple[Any, list[int]]:
+    def start_script(
+        self, *args: str, core: int | None = 1, wrap: Sequence[str] = ()
+    ) -> tuple[Any, list[int]]:
         """Run bench/servers.py with ``args``; its process and the ports it listens on."""
-        proc = self.spawn([PY, str(HERE / "servers.py"), *args], core, stdout_pipe=True)
+        proc = self.spawn([*wrap, PY, str(HERE / "servers.py"), *args], core, stdout_pipe=True)
         line = proc.stdout.readline().decode()
         if not line.startswith("READY "):
             raise RuntimeError(f"servers.py {args[0]} did not start (see {self.work})")
         return proc, [int(p) for p in line.split()[1].split(",")]
 
-    def write_config(self, upstream_ports: Sequence[int], cache_url: str, **cache: Any) -> Path:
-        """A proxy config: one rest connector per upstream port."""
+    def write_config(
+        self,
+        upstream_ports: Sequence[int],
+        cache_url: str,
+        server: dict[str, Any] | None = None,
+        **cache: Any,
+    ) -> Path:
+        """A proxy config: one rest connector per upstream port; ``server`` adds settings
+        (with ``access_log`` on, lines are written at INFO to the process's log file)."""
         connectors = {
             f"src{i}": {
                 "type": "rest",
@@ -145,10 +161,16 @@ class Bench:
             for i, port in enumerate(upstream_ports)
         }
         document = {
-            "server": {"host": "127.0.0.1", "port": 8080, "deadline": 3.0, "drain_timeout": 1},
+            "server": {
+                "host": "127.0.0.1",
+                "port": 8080,
+                "deadline": 3.0,
+                "drain_timeout": 1,
+                **(server or {}),
+            },
             "auth": {"api_tokens": [TOKEN]},
             "cache": {"url": cache_url, "namespace": self.namespace, **cache},
-            "logging": {"level": "WARNING"},
+            "logging": {"level": "INFO" if (server or {}).get("access_log") else "WARNING"},
             "connectors": connectors,
         }
         self._files += 1
@@ -162,12 +184,13 @@ class Bench:
         core: int | None = 0,
         wrap: Sequence[str] = (),
         args: Sequence[str] = (),
+        start_timeout: float = 20.0,
     ) -> tuple[Any, int]:
         """``python -m aggregator serve`` on a free port; waits until /healthz answers."""
         port = free_port()
         cmd = [*wrap, PY, "-m", "aggregator", "serve", "--config", str(config), "--port", str(port)]
         proc = self.spawn([*cmd, *args], core)
-        wait_healthy(proc, port)
+        wait_healthy(proc, port, start_timeout)
         return proc, port
 
     # -- load ---------------------------------------------------------------------------
@@ -191,6 +214,7 @@ class Bench:
                 res["errors"].values()
             )
             return {
+                "requests": res["requests"],
                 "rps": res["rps"],
                 "p50_ms": res["p50_ms"],
                 "p99_ms": res["p99_ms"],
@@ -216,6 +240,7 @@ class Bench:
         res = orjson.loads(line.removeprefix("WRKJSON "))
         errors = sum(v for k, v in res.items() if k.startswith("errors_"))
         return {
+            "requests": res["requests"],
             "rps": res["requests"] / (res["duration_us"] / 1e6),
             "p50_ms": res["p50_us"] / 1000,
             "p99_ms": res["p99_us"] / 1000,
@@ -304,9 +329,9 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
-    """Poll /healthz until it answers; fail if the process dies or 20 s pass."""
-    end = time.monotonic() + 20
+def wait_healthy(proc: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> None:
+    """Poll /healthz until it answers; fail if the process dies or ``timeout`` s pass."""
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"the proxy exited with {proc.returncode}")
@@ -316,7 +341,7 @@ def wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError("the proxy did not become healthy in 20 s")
+    raise RuntimeError(f"the proxy did not become healthy in {timeout:g} s")
 
 
 def profile_path(email: str) -> str:
@@ -360,69 +385,224 @@ def machine() -> list[str]:
 # -- the benchmarks -------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (and its live child processes) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (gunicorn's workers under their arbiter)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(x) for x in (task / "children").read_text().split()]
+    return found
+
+
+@dataclass
+class Measured:
+    """Load runs against one server: throughput and CPU per request of each run."""
+
+    runs: list[dict[str, float]]
+
+    def median(self, key: str) -> float:
+        """The median of ``key`` over the runs."""
+        return statistics.median(run[key] for run in self.runs)
+
+    def paired(self, baseline: Measured, key: str) -> float:
+        """The median over rounds of this run's ``key`` divided by the baseline's run of the
+        same round (runs next to each other share the machine's passing load)."""
+        pairs = zip(self.runs, baseline.runs, strict=True)
+        return statistics.median(run[key] / base[key] for run, base in pairs)
+
+    def spread(self, key: str, fmt: str) -> str:
+        """``min-max`` of ``key`` over the runs, formatted."""
+        values = [run[key] for run in self.runs]
+        return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
+def measure(
+    bench: Bench, pid: int, port: int, paths: Sequence[str], seconds: float
+) -> dict[str, float]:
+    """One load run: throughput, latency and CPU microseconds per request of process ``pid``."""
+    before = cpu_seconds(pid)
+    result = bench.throughput(port, paths, seconds)
+    used = cpu_seconds(pid) - before
+    result["cpu_us"] = 1e6 * used / max(result["requests"], 1)
+    return result
+
+
 def bench_cached(bench: Bench, conf: Profile) -> list[Row]:
-    """1. Cached hits at 50 connections: memory and Redis caches beside a bare aiohttp app."""
+    """1. Cached hits at 50 connections: CPU per request and throughput of the proxy (memory
+    cache, Redis cache, memory cache with the access log) against a bare aiohttp handler
+    answering the same bytes, in interleaved rounds on the same core."""
     upstream, ports = bench.start_script("upstreams", "0,0,0")
     emails = [f"cached-{i}@example.com" for i in range(100)]
     paths = [profile_path(e) for e in emails]
-    results: dict[str, dict[str, float]] = {}
     body = b""
-    caches = [("memory", "memory://")]
+    caches: list[tuple[str, str, dict[str, Any]]] = [("memory", "memory://", {})]
     if bench.redis_ok:
-        caches.append(("redis", bench.redis_url))
-    for kind, url in caches:
-        proxy, port = bench.start_proxy(bench.write_config(ports, url))
+        caches.append(("redis", bench.redis_url, {}))
+    caches.append(("memory + access log", "memory://", {"access_log": True}))
+    servers: dict[str, tuple[Any, int]] = {}
+    for kind, url, server in caches:
+        config = bench.write_config(ports, url, server=server)
+        servers[kind] = bench.start_proxy(config)
         for path in paths:
-            status, body = http_get(f"http://127.0.0.1:{port}{path}")
+            status, body = http_get(f"http://127.0.0.1:{servers[kind][1]}{path}")
             if status != 200:
                 raise RuntimeError(f"warming the {kind} proxy: HTTP {status}")
-        bench.throughput(port, paths, conf.warm_seconds)
-        results[kind] = bench.throughput(port, paths, conf.cached_seconds)
-        bench.stop(proxy)
-    bench.stop(upstream)
     body_file = bench.work / "body.json"
     body_file.write_bytes(body)
     bare, (bare_port,) = bench.start_script("bare", str(body_file), core=0)
-    bench.throughput(bare_port, paths, conf.warm_seconds)
-    base = bench.throughput(bare_port, paths, conf.cached_seconds)
-    bench.stop(bare)
+    servers = {"bare": (bare, bare_port), **servers}
+    for _, port in servers.values():
+        bench.throughput(port, paths, conf.warm_seconds)
+    measured: dict[str, Measured] = {kind: Measured([]) for kind in servers}
+    for _ in range(conf.rounds):
+        for kind, (proc, port) in servers.items():
+            measured[kind].runs.append(measure(bench, proc.pid, port, paths, conf.round_seconds))
+    for proc, _ in servers.values():
+        bench.stop(proc)
+    bench.stop(upstream)
+    return cached_rows(measured, len(body), conf.rounds)
 
+
+def cached_rows(measured: dict[str, Measured], size: int, rounds: int) -> list[Row]:
+    """Benchmark 1's rows: CPU per request (the headline), throughput, latency."""
+    bare = measured.pop("bare")
+    bare_cpu, bare_rps = bare.median("cpu_us"), bare.median("rps")
+    spread = f"median of {rounds} runs"
     rows = [
         Row(
             "1 cached hit",
-            f"bare aiohttp, {len(body)} B JSON",
-            f"{base['rps']:,.0f} req/s",
+            f"bare aiohttp, {size} B JSON: CPU per request",
+            f"{bare_cpu:.1f} us ({bare.spread('cpu_us', '.1f')})",
             "baseline",
-            f"p50 {fmt_ms(base['p50_ms'])}, p99 {fmt_ms(base['p99_ms'])}",
+            spread,
+        ),
+        Row(
+            "1 cached hit",
+            "bare aiohttp: throughput, p50 / p99",
+            f"{bare_rps:,.0f} req/s ({bare.spread('rps', ',.0f')})",
+            "baseline",
+            f"{fmt_ms(bare.median('p50_ms'))} / {fmt_ms(bare.median('p99_ms'))}",
+        ),
+    ]
+    for kind, runs in measured.items():
+        cpu, rps = runs.median("cpu_us"), runs.median("rps")
+        errors = sum(run["errors"] for run in runs.runs)
+        flagged = f" ({errors:.0f} errors!)" if errors else ""
+        headline = "access log" not in kind
+        rows += [
+            Row(
+                "1 cached hit",
+                f"{kind}: CPU per request{flagged}",
+                f"{cpu:.1f} us ({runs.spread('cpu_us', '.1f')})",
+                f"<= {CPU_TARGET:.2f}x bare" if headline else "info",
+                f"{bare_cpu:.1f} us",
+                f"{cpu / bare_cpu:.2f}x (by round {runs.paired(bare, 'cpu_us'):.2f}x)",
+                cpu <= CPU_TARGET * bare_cpu and not errors if headline else None,
+            ),
+            Row(
+                "1 cached hit",
+                f"{kind}: throughput",
+                f"{rps:,.0f} req/s ({runs.spread('rps', ',.0f')})",
+                "info",
+                f"{bare_rps:,.0f} req/s",
+                f"{rps / bare_rps:.2f}x",
+            ),
+            Row(
+                "1 cached hit",
+                f"{kind}: p50 / p99",
+                f"{fmt_ms(runs.median('p50_ms'))} / {fmt_ms(runs.median('p99_ms'))}",
+                "p99 < 5 ms",
+                f"{fmt_ms(bare.median('p50_ms'))} / {fmt_ms(bare.median('p99_ms'))}",
+                "",
+                runs.median("p99_ms") < 5.0,
+            ),
+        ]
+    if "memory" in measured and "redis" in measured:
+        memory, redis = measured["memory"].median("cpu_us"), measured["redis"].median("cpu_us")
+        rows.append(
+            Row(
+                "1 cached hit",
+                "redis vs memory: CPU per request",
+                f"{redis:.1f} us vs {memory:.1f} us",
+                "within 3%",
+                "",
+                f"{redis / memory:.2f}x",
+                abs(redis / memory - 1) <= 0.03,
+            )
+        )
+    else:
+        rows.append(Row("1 cached hit", "redis cache", "skipped: no Redis reachable"))
+    return rows
+
+
+def bench_instructions(bench: Bench) -> list[Row]:
+    """7. Instructions per cached hit under callgrind: bare, memory cache, Redis cache."""
+    if not instructions.callgrind_available():
+        return [Row("7 instructions", "cached hit", "skipped: valgrind not installed")]
+    upstream, ports = bench.start_script("upstreams", "0,0,0")
+    paths = [profile_path(f"counted-{i}@example.com") for i in range(100)]
+    caches: list[tuple[str, str, dict[str, Any]]] = [("memory", "memory://", {})]
+    if bench.redis_ok:
+        caches.append(("redis", bench.redis_url, {"near_ttl": instructions.SLOWDOWN * 1.0}))
+    totals: dict[str, int] = {}
+    body = b""
+
+    def count(name: str, proc: Any, port: int) -> None:
+        nonlocal body
+        base = f"http://127.0.0.1:{port}"
+        for path in paths:
+            status, body = http_get(base + path, timeout=60)
+            if status != 200:
+                raise RuntimeError(f"warming {name} under valgrind: HTTP {status}")
+        bench.loadgen(instructions.job_lines(base, paths, 500), 10)
+        out = bench.work / f"callgrind.{name}"
+        jobs = instructions.job_lines(base, paths)
+        totals[name] = instructions.counted(proc.pid, out, lambda: bench.loadgen(jobs, 10))
+        bench.stop(proc)
+
+    for kind, url, cache in caches:
+        wrap = instructions.valgrind_prefix(bench.work, kind)
+        config = bench.write_config(ports, url, **cache)
+        count(kind, *bench.start_proxy(config, wrap=wrap, start_timeout=300))
+    bench.stop(upstream)
+    body_file = bench.work / "counted-body.json"
+    body_file.write_bytes(body)
+    wrap = instructions.valgrind_prefix(bench.work, "bare")
+    bare, (bare_port,) = bench.start_script("bare", str(body_file), core=0, wrap=wrap)
+    wait_healthy(bare, bare_port, 300)
+    count("bare", bare, bare_port)
+    per = instructions.per_request(totals)
+    rows = [
+        Row(
+            "7 instructions",
+            f"bare aiohttp: per request ({instructions.REQUESTS} hits)",
+            f"{per['bare']:,.1f} k",
+            "baseline",
         )
     ]
-    for kind, res in results.items():
-        ratio = res["rps"] / base["rps"]
-        errors = f" ({res['errors']:.0f} errors!)" if res["errors"] else ""
+    for kind, *_ in caches:
+        ratio = per[kind] / per["bare"]
         rows.append(
             Row(
-                "1 cached hit",
-                f"{kind} cache: throughput{errors}",
-                f"{res['rps']:,.0f} req/s",
-                ">= 0.8x bare" if kind == "redis" else "(>= 0.8x bare)",
-                f"{base['rps']:,.0f} req/s",
+                "7 instructions",
+                f"{kind} cache: per request",
+                f"{per[kind]:,.1f} k",
+                f"<= {CPU_TARGET:.2f}x bare",
+                f"{per['bare']:,.1f} k",
                 f"{ratio:.2f}x",
-                ratio >= 0.8 and not res["errors"],
+                ratio <= CPU_TARGET,
             )
         )
-        rows.append(
-            Row(
-                "1 cached hit",
-                f"{kind} cache: p50 / p99",
-                f"{fmt_ms(res['p50_ms'])} / {fmt_ms(res['p99_ms'])}",
-                "p99 < 5 ms",
-                f"{fmt_ms(base['p50_ms'])} / {fmt_ms(base['p99_ms'])}",
-                f"p99 {res['p99_ms'] / base['p99_ms']:.2f}x",
-                res["p99_ms"] < 5.0,
-            )
-        )
-    if not bench.redis_ok:
-        rows.append(Row("1 cached hit", "redis cache", f"skipped: no Redis at {bench.redis_url}"))
     return rows
 
 
@@ -765,11 +945,18 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6",
+        default="1,2,3,4,5,6,7",
         help="comma-separated benchmark numbers to run (default: all)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved load runs per server in benchmark 1 (default 10, --quick 4)",
     )
     args = parser.parse_args()
     conf = QUICK if args.quick else FULL
+    if args.rounds:
+        conf = dataclasses.replace(conf, rounds=args.rounds)
     only = {int(x) for x in args.only.split(",")}
     with workspace() as work:
         bench = Bench(pin=not args.no_pin, work=work)
@@ -807,6 +994,8 @@ def main() -> int:
                 profile += bench_profile(bench, conf, cold=True)
             if 6 in only:
                 rows += bench_workers(bench, conf)
+            if 7 in only:
+                rows += bench_instructions(bench)
         finally:
             bench.stop_all()
             bench.redis_cleanup()
