@@ -35,10 +35,9 @@ async def error_layer(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return handlers.json_error(exc.status, exc.reason)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return handlers.json_error(500, "internal error")
+        return handlers.internal_error(request, exc)
+    except Exception as exc:
+        return handlers.internal_error(request, exc)
 
 
 def client_guard_layer(settings: Settings) -> Layer:
@@ -119,11 +118,13 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     ``clock`` (epoch seconds) dates cached profiles; tests pass a fake one.
     """
     install_redactor()
-    layers: list[Layer] = [error_layer]
+    access: list[Layer] = [request_log_layer] if settings.server.access_log else []
+    guard: list[Layer] = []
     if settings.server.allow_ips or settings.server.client_rate_limit is not None:
-        layers.append(client_guard_layer(settings))
-    if settings.server.access_log:
-        layers.insert(0, request_log_layer)
+        guard.append(client_guard_layer(settings))
+    layers = [*access, error_layer, *guard]
+    # The profile route, the hot path, turns its own errors into JSON: no error layer.
+    profile_layers = [*access, *guard]
     app = web.Application(
         handler_args={
             "max_line_size": settings.server.max_request_line,
@@ -132,13 +133,13 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     )
     metrics = Metrics()
     app[METRICS] = metrics
-    app[SERVICE] = ProfileService(build(settings), metrics, clock=clock)
+    service = app[SERVICE] = ProfileService(build(settings), metrics, clock=clock)
     app.cleanup_ctx.append(_serving)
     app.cleanup_ctx.append(reload_context)
 
     path = settings.server.path
+    profile = handlers.profile_handler(service, metrics, remember=settings.server.access_log)
     routes: list[tuple[str, str, Handler]] = [
-        ("GET", path, handlers.profile),
         ("POST", path.rstrip("/") + "/purge", handlers.purge),
         ("GET", "/healthz", handlers.healthz),
         ("GET", "/readyz", handlers.readyz),
@@ -148,8 +149,11 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
         ("POST", "/preview", preview.api),
     ]
     allowed: dict[str, set[str]] = {}
-    for method, route_path, handler in routes:
-        wrapped = wrap(handler, layers)
+    routed = [("GET", path, wrap(profile, profile_layers))]
+    routed += [
+        (method, route_path, wrap(handler, layers)) for method, route_path, handler in routes
+    ]
+    for method, route_path, wrapped in routed:
         for verb in (method, "HEAD") if method == "GET" else (method,):
             app.router.add_route(verb, route_path, wrapped)
             allowed.setdefault(route_path, set()).add(verb)

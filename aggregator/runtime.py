@@ -24,6 +24,7 @@ import orjson
 
 from aggregator.config import CacheSettings, Settings
 from aggregator.errors import AggregatorError
+from aggregator.query import AcceptedQueries
 from aggregator.registry import get_connector_type
 from aggregator.store import ProfileStore
 from connectors.base import Connector
@@ -72,13 +73,15 @@ class Leases:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Runtime:
-    """Settings and what they built: the connectors, the profile store, the API tokens."""
+    """Settings and what they built: the connectors, the profile store, the API tokens (and
+    the query strings found to carry one of them, see aggregator/query.py)."""
 
     settings: Settings
     connectors: tuple[Connector[Any], ...]
     store: ProfileStore
     tokens: tuple[bytes, ...]
     leases: Leases = field(default_factory=Leases, repr=False)
+    accepted: AcceptedQueries = field(default_factory=AcceptedQueries, repr=False)
 
     @asynccontextmanager
     async def opened(
@@ -165,7 +168,8 @@ def build(
         store = build_store(settings)
     tokens = tuple(t.get_secret_value().encode() for t in settings.auth.api_tokens)
     leases = previous.leases if previous is not None else Leases()
-    return Runtime(settings, tuple(built), store, tokens, leases)
+    accepted = AcceptedQueries(settings.cache.max_entries)
+    return Runtime(settings, tuple(built), store, tokens, leases, accepted)
 
 
 class LiveRuntime:

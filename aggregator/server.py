@@ -202,7 +202,8 @@ class GuardedRequestHandler(RequestHandler):
     def log_access(self, request: BaseRequest, response: web.StreamResponse, time: Any) -> None:
         """A response went out: the next bytes on this connection start a new head."""
         self._between_requests = True
-        super().log_access(request, response, time)
+        if self.access_logger is not None:  # the proxy logs requests itself: normally None
+            super().log_access(request, response, time)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Drop the clock with the connection."""
