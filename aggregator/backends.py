@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -87,6 +87,9 @@ class Backend(Protocol):
     async def get(self, key: str) -> bytes | Purged | None:
         """The value, the purge recorded there, or None; BackendUnavailable if it can't say."""
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | Purged | None]:
+        """What ``get`` says of each key, in one round trip; BackendUnavailable if it can't."""
+
     async def set(self, key: str, value: bytes, ttl: float, *, unless_purged_after: float) -> bool:
         """Store for ``ttl`` seconds unless a purge at or after ``unless_purged_after`` is there."""
 
@@ -118,6 +121,10 @@ class MemoryBackend:
     async def get(self, key: str) -> bytes | Purged | None:
         """Nothing is stored here."""
         return None
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | Purged | None]:
+        """Nothing is stored here."""
+        return [None] * len(keys)
 
     async def set(self, key: str, value: bytes, ttl: float, *, unless_purged_after: float) -> bool:
         """Nothing to store beyond the in-process copy."""
@@ -217,14 +224,18 @@ class RedisBackend:
         ok, value = await self._run(lambda: self.client.get(key))
         if not ok:
             raise BackendUnavailable(self.last_error or "busy")
-        if not isinstance(value, bytes):
-            return None
-        if value.startswith(TOMBSTONE):
-            try:
-                return Purged(float(value[1:]))
-            except ValueError:
-                return None
-        return value
+        return _record(value)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | Purged | None]:
+        """Several keys in one command (a cluster splits it by slot, one per node)."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            ok, values = await self._run(lambda: client.mget_nonatomic(list(keys)))
+        else:
+            ok, values = await self._run(lambda: client.mget(list(keys)))
+        if not ok or values is None:
+            raise BackendUnavailable(self.last_error or "busy")
+        return [_record(value) for value in values]
 
     async def set(self, key: str, value: bytes, ttl: float, *, unless_purged_after: float) -> bool:
         """Store with an expiry unless a newer purge is recorded; False when not stored."""
@@ -318,6 +329,18 @@ class RedisBackend:
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
         await self.client.aclose()
+
+
+def _record(value: object) -> bytes | Purged | None:
+    """A stored value as the store sees it: a profile's bytes, a purge record, or None."""
+    if not isinstance(value, bytes):
+        return None
+    if value.startswith(TOMBSTONE):
+        try:
+            return Purged(float(value[1:]))
+        except ValueError:
+            return None
+    return value
 
 
 def _dispatch(data: object, on_purge: OnPurge) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,25 +233,41 @@ class NearCopy:
     entry: CacheEntry
     key: str
     near_until: float
-    answer_until: float  # min(entry.fresh_until, near_until): the hot path's one comparison
+    answer_until: float  # min(entry.fresh_until, near_until)
+    renew_from: float  # <= answer_until: the hot path's one comparison
     body: bytes
 
 
 class NearCache:
     """The in-process copies, least recently used evicted first, bounded by count and bytes."""
 
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int,
+        *,
+        renew_ahead: float = 0.0,
+        renew: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
+        # In the last ``renew_ahead`` seconds before a copy must ask Redis again, a hit
+        # still answers and calls ``renew(email, now)`` so that the copy is checked (and
+        # kept) in the background before any request has to wait for Redis.
+        self.renew_ahead = renew_ahead if renew is not None else 0.0
+        self.renew = renew
         self._copies: OrderedDict[str, NearCopy] = OrderedDict()
         self._emails: dict[str, str] = {}  # profile key -> email, to act on purge notices
 
     def body(self, email: str, now: float) -> bytes | None:
         """The body of a fresh copy that may answer alone (the hot path: no allocation)."""
         copy = self._copies.get(email)
-        if copy is None or now >= copy.answer_until:
-            return None
+        if copy is None or now >= copy.renew_from:
+            if copy is None or now >= copy.answer_until:
+                return None
+            if self.renew is not None:
+                self.renew(email, now)
         self._copies.move_to_end(email)
         return copy.body
 
@@ -273,7 +289,8 @@ class NearCache:
         if size > self.max_bytes:
             return
         answer_until = min(entry.fresh_until, near_until)
-        self._copies[email] = NearCopy(entry, key, near_until, answer_until, entry.body)
+        renew_from = min(answer_until, near_until - self.renew_ahead)
+        self._copies[email] = NearCopy(entry, key, near_until, answer_until, renew_from, entry.body)
         self._emails[key] = email
         self.bytes += size
         while len(self._copies) > self.max_entries or self.bytes > self.max_bytes:
@@ -296,7 +313,7 @@ class NearCache:
     def ask_again(self) -> None:
         """Make every copy ask Redis before it answers again (purge notices may be lost)."""
         for copy in self._copies.values():
-            copy.near_until = copy.answer_until = float("-inf")
+            copy.near_until = copy.answer_until = copy.renew_from = float("-inf")
 
     def __len__(self) -> int:
         return len(self._copies)

@@ -10,6 +10,7 @@ from typing import cast
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from aggregator.emails import Email, InvalidEmail, normalize_email, remember_as_sent
 from aggregator.keys import CACHE_STATE, METRICS, OUTCOMES, SERVICE
@@ -17,6 +18,8 @@ from aggregator.metrics import Metrics
 from aggregator.service import ProfileService
 
 JSON = "application/json"
+# One header set for every profile answer: aiohttp copies it, nothing is built per request.
+PROFILE_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": JSON}))
 log = logging.getLogger("aggregator.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,14 +91,14 @@ def profile_handler(service: ProfileService, metrics: Metrics, *, remember: bool
                 hit(perf_counter() - started)
                 if remember:
                     request[CACHE_STATE] = "hit"
-                return web.Response(body=body, content_type=JSON)
+                return web.Response(body=body, headers=PROFILE_HEADERS)
             answer = await service.get(email)
             if remember:
                 request[CACHE_STATE] = answer.cache
                 request[OUTCOMES] = tuple(answer.outcomes)
             latency.labels(answer.cache).observe(perf_counter() - started)
             requests.labels("profile", "200").inc()
-            return web.Response(body=answer.body, content_type=JSON)
+            return web.Response(body=answer.body, headers=PROFILE_HEADERS)
         except Exception as exc:  # the error layer's job, done here: this route has no layers
             return internal_error(request, exc)
 

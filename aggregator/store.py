@@ -39,6 +39,7 @@ from aggregator.cache import (
     SourceSnapshot,
 )
 from aggregator.config import CacheSettings
+from aggregator.tasks import CallLater, TimerHandle, loop_call_later
 
 log = logging.getLogger("aggregator.cache")
 
@@ -48,6 +49,10 @@ LOCK_POLL_SECONDS = 0.01
 LOCK_MARGIN_SECONDS = 1.0
 WRITE_WAIT_SECONDS = 2.0
 MAX_PURGES_KEPT = 10_000
+# A near copy is renewed in the background once it has less than this share of near_ttl
+# left, RENEW_DELAY_SHARE of near_ttl after the first such hit (one read for a batch).
+RENEW_AHEAD_SHARE = 0.5
+RENEW_DELAY_SHARE = 0.1
 
 CacheResult = Literal["hit", "refresh", "shared", "miss"]
 
@@ -89,7 +94,12 @@ class ProfileStore:
     """Cached profiles: an in-process copy in front of a backend shared by every replica."""
 
     def __init__(
-        self, settings: CacheSettings, *, namespace: str, backend: Backend | None = None
+        self,
+        settings: CacheSettings,
+        *,
+        namespace: str,
+        backend: Backend | None = None,
+        call_later: CallLater | None = None,
     ) -> None:
         self.settings = settings
         self.keys = CacheKeys(namespace)
@@ -97,7 +107,16 @@ class ProfileStore:
         self.backend = backend or backend_for(settings.url, settings.timeout, self.keys.purges)
         # With nothing shared, the in-process copy is the only one and answers alone.
         self.near_ttl = settings.near_ttl if self.backend.shared else math.inf
-        self.near = NearCache(settings.max_entries, settings.max_bytes)
+        renews = self.backend.shared and settings.near_ttl > 0
+        self.near = NearCache(
+            settings.max_entries,
+            settings.max_bytes,
+            renew_ahead=settings.near_ttl * RENEW_AHEAD_SHARE,
+            renew=self._renew_soon if renews else None,
+        )
+        self._call_later = call_later
+        self._renewals: dict[str, float] = {}
+        self._renewal: TimerHandle | None = None
         self._purges: dict[str, float] = {}
         self._writes: set[asyncio.Future[None]] = set()
         self._writing: dict[str, asyncio.Future[None]] = {}
@@ -170,8 +189,50 @@ class ProfileStore:
         """Start hearing purges made on other replicas."""
         await self.backend.open(self._heard_purge, self.near.ask_again)
 
+    async def renew(self, due: Mapping[str, float]) -> None:
+        """Check near copies against the shared copies in one read, keeping the newest
+        usable one of each (the one rule) for another ``near_ttl`` from ``due[email]``."""
+        copies = [(email, now, self.near.get(email, now)) for email, now in due.items()]
+        known = [(email, now, copy) for email, now, copy in copies if copy is not None]
+        if not known:
+            return
+        records: list[bytes | Purged | _Unreachable | None]
+        try:
+            records = list(await self.backend.get_many([copy.key for _, _, copy in known]))
+        except BackendUnavailable:
+            records = [UNREACHABLE] * len(known)
+        for (email, now, copy), record in zip(known, records, strict=True):
+            current = self.near.get(email, now)
+            if current is not None:  # not dropped (purged, evicted) while reading
+                self._newest(email, copy.key, current.entry, record, now)
+
+    def _renew_soon(self, email: str, now: float) -> None:
+        """A near copy near the end of its ``near_ttl`` answered: renew it (with every other
+        such copy) in one background read shortly, so that no request waits for Redis."""
+        if email in self._renewals:
+            return
+        self._renewals[email] = now
+        if self._renewal is None:
+            call_later = self._call_later or loop_call_later
+            self._renewal = call_later(self.near_ttl * RENEW_DELAY_SHARE, self._start_renewal)
+
+    def _start_renewal(self) -> None:
+        self._renewal = None
+        due, self._renewals = self._renewals, {}
+        task = asyncio.ensure_future(self.renew(due))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def idle(self) -> None:
+        """Wait until the background work started so far (writes, renewals) has ended."""
+        while self._writes:
+            await asyncio.wait(list(self._writes))
+
     async def close(self) -> None:
         """Finish pending writes (briefly), then close the backend."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=WRITE_WAIT_SECONDS)
         await self.backend.close()

@@ -82,7 +82,7 @@ class Debouncer(Generic[K]):
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        call_later = self._call_later or _loop_call_later
+        call_later = self._call_later or loop_call_later
         self._timers[key] = call_later(max(0.0, delay), lambda: self._fire(key))
 
     def _fire(self, key: K) -> None:
@@ -99,5 +99,6 @@ class Debouncer(Generic[K]):
         self._timers.clear()
 
 
-def _loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:
+def loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:
+    """``call_later`` of the running event loop."""
     return asyncio.get_running_loop().call_later(delay, callback)

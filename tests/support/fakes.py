@@ -1,4 +1,5 @@
-"""A clock that moves only when told, and a connector whose every answer a test scripts.
+"""A clock that moves only when told, a scheduler on it, and a connector whose every answer
+a test scripts.
 
 They drive the store, the service and the breakers directly: policy (fresh, refresh-ahead,
 stale, expired, purged, single-flight, circuits) is tested by moving the clock, never by
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
@@ -35,6 +37,47 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         self.now += seconds
+
+
+@dataclass
+class Timer:
+    """One scheduled call of the fake scheduler."""
+
+    at: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakeScheduler:
+    """``call_later`` on a fake clock that moves only when told (and moves it)."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    timers: list[Timer] = field(default_factory=list)
+
+    @property
+    def now(self) -> float:
+        return self.clock()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self.now + delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move on, running every due timer that was not cancelled, in time order."""
+        self.clock.advance(seconds)
+        for timer in sorted(self.timers, key=lambda t: t.at):
+            if timer.at <= self.now and not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    @property
+    def pending(self) -> int:
+        return sum(not t.cancelled for t in self.timers)
 
 
 class ScriptedConnector(Connector[ConnectorSettings]):

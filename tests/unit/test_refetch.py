@@ -6,59 +6,15 @@ The same seen through POST /webhooks/stripe is in tests/integration/test_webhook
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import pytest
 
 from aggregator.emails import parse_email
 from aggregator.service import ProfileService
 from aggregator.tasks import Debouncer
-from tests.support.fakes import FakeClock, ScriptedConnector, runtime_for
+from tests.support.fakes import FakeScheduler, ScriptedConnector, runtime_for
 from tests.support.proxy import settings_from
 
 EMAIL = "ada@example.com"
-
-
-@dataclass
-class Timer:
-    """One scheduled call of the fake scheduler."""
-
-    at: float
-    callback: Callable[[], None]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@dataclass
-class FakeScheduler:
-    """``call_later`` on a fake clock that moves only when told (and moves it)."""
-
-    clock: FakeClock = field(default_factory=FakeClock)
-    timers: list[Timer] = field(default_factory=list)
-
-    @property
-    def now(self) -> float:
-        return self.clock()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(self.now + delay, callback)
-        self.timers.append(timer)
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        """Move on, running every due timer that was not cancelled, in time order."""
-        self.clock.advance(seconds)
-        for timer in sorted(self.timers, key=lambda t: t.at):
-            if timer.at <= self.now and not timer.cancelled:
-                timer.cancelled = True
-                timer.callback()
-
-    @property
-    def pending(self) -> int:
-        return sum(not t.cancelled for t in self.timers)
 
 
 def test_a_burst_of_pokes_ends_in_one_call_after_the_last() -> None:

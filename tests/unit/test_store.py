@@ -9,13 +9,13 @@ expiry is far beyond what these tests move the clock by, so it never interferes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import orjson
 import pytest
 
-from aggregator.backends import RedisBackend
+from aggregator.backends import BackendUnavailable, Purged, RedisBackend
 from aggregator.cache import (
     CacheEntry,
     CachePolicy,
@@ -25,7 +25,8 @@ from aggregator.cache import (
 )
 from aggregator.config import CacheSettings
 from aggregator.store import Loaded, ProfileStore
-from tests.support.fakes import FakeClock
+from aggregator.tasks import CallLater
+from tests.support.fakes import FakeClock, FakeScheduler
 from tests.support.net import free_port
 from tests.support.redis_server import RedisProcess
 
@@ -190,7 +191,9 @@ async def stores(
     """Make stores on one namespace (replicas when the cache is shared); closed at the end."""
     made: list[ProfileStore] = []
 
-    def make(url: str | None = None, **cache: float) -> ProfileStore:
+    def make(
+        url: str | None = None, call_later: CallLater | None = None, **cache: float
+    ) -> ProfileStore:
         settings = CacheSettings(
             url=url or cache_url,
             ttl=TTL,
@@ -199,7 +202,7 @@ async def stores(
             near_ttl=NEAR_TTL,
             **cache,  # type: ignore[arg-type]
         )
-        store = ProfileStore(settings, namespace=cache_namespace)
+        store = ProfileStore(settings, namespace=cache_namespace, call_later=call_later)
         made.append(store)
         return store
 
@@ -431,3 +434,105 @@ async def test_announcements_resume_after_a_redis_restart(
     finally:
         await first.close()
         await second.close()
+
+
+# -- near copies renewed in the background ---------------------------------------------------
+
+
+def counting_reads(store: ProfileStore) -> list[int]:
+    """Count the store's batched reads (how many keys each) from now on."""
+    batches: list[int] = []
+    get_many = store.backend.get_many
+
+    async def counted(keys: Sequence[str]) -> list[bytes | Purged | None]:
+        batches.append(len(keys))
+        return await get_many(keys)
+
+    store.backend.get_many = counted  # type: ignore[method-assign]
+    return batches
+
+
+async def test_hits_near_the_end_of_near_ttl_renew_their_copies_in_one_background_read(
+    stores: Callable[..., ProfileStore], cache_url: str
+) -> None:
+    scheduler = FakeScheduler(FakeClock(T0))
+    store, clock = stores(call_later=scheduler.call_later), scheduler.clock
+    upstream = Upstream(clock)
+    emails = [f"user{i}@example.com" for i in range(3)]
+    for email in emails:
+        await store.answer(email, upstream, now=clock(), deadline=deadline())
+    batches = counting_reads(store)
+    scheduler.advance(NEAR_TTL * 0.6)
+    assert all(store.near.body(email, clock()) == b'{"plan":"Pro"}' for email in emails)
+    if cache_url == "memory://":  # the only copy: nothing to renew, ever
+        assert scheduler.pending == 0
+        return
+    assert scheduler.pending == 1  # one batch for every copy in its last stretch
+    scheduler.advance(NEAR_TTL * 0.1)
+    await store.idle()
+    assert batches == [3]
+    scheduler.advance(NEAR_TTL * 0.6)  # past the first near_ttl: still answered alone
+    assert all(store.near.body(email, clock()) == b'{"plan":"Pro"}' for email in emails)
+    assert upstream.calls == 3
+
+
+@pytest.mark.parametrize("cache_url", ["redis"], indirect=True)
+async def test_a_renewal_that_finds_a_purge_drops_the_copy(
+    stores: Callable[..., ProfileStore],
+) -> None:
+    # Not opened: the purge announcement never arrives, as when it is lost.
+    scheduler = FakeScheduler(FakeClock(T0))
+    first, second = stores(), stores(call_later=scheduler.call_later)
+    clock = scheduler.clock
+    await answer(first, Upstream(clock))
+    assert await answer(second, Upstream(clock)) == ("hit", b'{"plan":"Pro"}')
+    assert await first.purge(EMAIL, clock() + 0.01)
+    scheduler.advance(NEAR_TTL * 0.6)
+    assert second.near.body(EMAIL, clock()) == b'{"plan":"Pro"}'
+    scheduler.advance(NEAR_TTL * 0.1)
+    await second.idle()
+    assert second.near.body(EMAIL, clock()) is None
+    assert second.answer_near(EMAIL, clock()) is None
+
+
+@pytest.mark.parametrize("cache_url", ["redis"], indirect=True)
+async def test_with_renewals_a_purge_is_still_final_within_near_ttl(
+    stores: Callable[..., ProfileStore],
+) -> None:
+    scheduler = FakeScheduler(FakeClock(T0))
+    first, second = stores(), stores(call_later=scheduler.call_later)
+    clock = scheduler.clock
+    await answer(first, Upstream(clock))
+    await answer(second, Upstream(clock))
+    purged_at: float | None = None
+    answered_after_purge = 0.0
+    for step in range(60):  # 3 s of steady hits, 50 ms apart; the purge at 1.3 s
+        scheduler.advance(0.05)
+        await second.idle()
+        if step == 25:
+            purged_at = clock()
+            assert await first.purge(EMAIL, purged_at)
+        if second.near.body(EMAIL, clock()) is not None and purged_at is not None:
+            answered_after_purge = clock() - purged_at
+    assert purged_at is not None
+    assert 0 < answered_after_purge < NEAR_TTL
+
+
+@pytest.mark.parametrize("cache_url", ["redis"], indirect=True)
+async def test_a_renewal_while_redis_is_out_keeps_the_copy_like_a_request_would(
+    stores: Callable[..., ProfileStore],
+) -> None:
+    scheduler = FakeScheduler(FakeClock(T0))
+    store, clock = stores(call_later=scheduler.call_later), scheduler.clock
+    await answer(store, Upstream(clock))
+
+    async def unavailable(keys: Sequence[str]) -> list[bytes | Purged | None]:
+        raise BackendUnavailable("down")
+
+    store.backend.get_many = unavailable  # type: ignore[method-assign]
+    scheduler.advance(NEAR_TTL * 0.6)
+    assert store.near.body(EMAIL, clock()) is not None
+    scheduler.advance(NEAR_TTL * 0.1)
+    await store.idle()
+    scheduler.advance(NEAR_TTL * 0.6)
+    assert store.near.body(EMAIL, clock()) == b'{"plan":"Pro"}'
