@@ -93,7 +93,8 @@ class CacheEntry:
             fresh_until=fresh_until,
             refresh_until=refresh_until,
             stale_until=stale_until,
-            header=orjson.dumps(header, default=str),
+            # An exact-size copy: orjson's own result keeps a much larger buffer for life.
+            header=bytes(memoryview(orjson.dumps(header, default=str))),
         )
 
     def state(self, now: float) -> EntryState:

@@ -9,6 +9,7 @@ expiry is far beyond what these tests move the clock by, so it never interferes.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 
@@ -89,6 +90,23 @@ def test_an_entry_survives_its_encoding_byte_for_byte() -> None:
 @pytest.mark.parametrize("raw", [b"", b"no newline", b"{not json}\n{}", b'{"v": 99}\n{}'])
 def test_unreadable_or_foreign_entries_are_ignored(raw: bytes) -> None:
     assert CacheEntry.decode(raw, REFRESH_AHEAD) is None
+
+
+def test_a_cached_entry_costs_its_bytes_not_an_encoder_buffer() -> None:
+    # 10,000 small entries (the memory cache's default count) must not hold orjson's
+    # working buffers: that once took RSS from ~100 MB to ~170 MB in benchmark 4.
+    body = b'{"crm_plan":"Pro"}'
+    tracemalloc.start()
+    try:
+        entries = [
+            policy().entry(body, snapshot(f"Pro {i}"), complete=True, fetched_at=T0)
+            for i in range(10_000)
+        ]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(entry.size for entry in entries) < 1_500_000
+    assert held < 4 * sum(entry.size for entry in entries)
 
 
 def test_stale_fallback_offers_only_sources_with_fields_still_in_their_window() -> None:
