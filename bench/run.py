@@ -630,7 +630,10 @@ def bench_workers(bench: Bench, conf: Profile) -> list[Row]:
             for path in paths:  # warms Redis; each worker warms its own memory cache below
                 http_get(f"http://127.0.0.1:{port}{path}")
             bench.throughput(port, paths, conf.warm_seconds, threads=2)
-            results[kind, workers] = bench.throughput(port, paths, conf.cached_seconds, threads=2)
+            before = cpu_seconds(proxy.pid)  # the workers and their parent
+            result = bench.throughput(port, paths, conf.cached_seconds, threads=2)
+            result["cpu_us"] = 1e6 * (cpu_seconds(proxy.pid) - before) / max(result["requests"], 1)
+            results[kind, workers] = result
             bench.stop(proxy)
     bench.stop(upstream)
     rows = []
@@ -652,8 +655,8 @@ def bench_workers(bench: Bench, conf: Profile) -> list[Row]:
             rows.append(
                 Row(
                     "6 workers",
-                    f"{kind} cache, --workers {workers}: p50 / p99",
-                    f"{fmt_ms(res['p50_ms'])} / {fmt_ms(res['p99_ms'])}",
+                    f"{kind} cache, --workers {workers}: p50 / p99, CPU per request",
+                    f"{fmt_ms(res['p50_ms'])} / {fmt_ms(res['p99_ms'])}, {res['cpu_us']:.1f} us",
                 )
             )
     return rows
