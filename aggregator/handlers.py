@@ -6,7 +6,6 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import cast
 
 import orjson
 from aiohttp import web
@@ -81,10 +80,10 @@ def profile_handler(service: ProfileService, metrics: Metrics, *, remember: bool
             email = runtime.accepted.get(raw_query)
             if email is None:
                 checked = authenticated_email(request, runtime.tokens)
-                if type(checked) is web.Response:
+                if not isinstance(checked, Email):
                     requests.labels("profile", str(checked.status)).inc()
                     return checked
-                email = cast(Email, checked)
+                email = checked
                 runtime.accepted.add(raw_query, email)
             body = service.cached_body(email)
             if body is not None:
